@@ -1,0 +1,183 @@
+"""The file catalog: the queryable index of telemetry, packets and products.
+
+Dagster's event log records what happened; this catalog indexes what exists, so that operators
+and downstream assets can ask "which packets made this file" or "which files came from this
+downlink" with one SQL query. The same schema runs on SQLite (embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import dagster as dg
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime (how the catalog stores times)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Base of the catalog's tables."""
+
+
+class TelemetryFile(Base):
+    """One downlink file seen in the landing folder.
+
+    ``state`` is ``ingested`` (all packets read), ``partial`` (a damaged tail was skipped),
+    ``duplicate`` (identical to an earlier file) or ``quarantined`` (unreadable; moved away).
+    """
+
+    __tablename__ = "telemetry_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    n_packets: Mapped[int] = mapped_column(Integer, default=0)
+    damaged_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    damaged_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Packet(Base):
+    """One packet of a telemetry file, with where it went.
+
+    ``state``: ``pending`` (not yet used), ``used`` (in a product), ``skipped`` (with ``reason``:
+    a replayed duplicate, superseded, part of an undecodable image...).
+    """
+
+    __tablename__ = "packets"
+    __table_args__ = (
+        Index("ix_packets_kind_sc_time", "kind", "spacecraft_id", "timestamp"),
+        UniqueConstraint("telemetry_file_id", "index_in_file"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    telemetry_file_id: Mapped[int] = mapped_column(ForeignKey("telemetry_files.id"), index=True)
+    index_in_file: Mapped[int] = mapped_column(Integer)
+    byte_offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(Integer)
+    apid: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    spacecraft_id: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    seq_flag: Mapped[int] = mapped_column(Integer)
+    seq_count: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(40), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_attempt: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    telemetry_file: Mapped[TelemetryFile] = relationship()
+
+
+class ProductFile(Base):
+    """One product in the archive (any level)."""
+
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("level", "file_type", "observatory", "date_obs", "file_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[str] = mapped_column(String(1))
+    file_type: Mapped[str] = mapped_column(String(2))
+    observatory: Mapped[str] = mapped_column(String(1))
+    file_version: Mapped[str] = mapped_column(String(16))
+    date_obs: Mapped[datetime] = mapped_column(DateTime, index=True)
+    acquisition_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="created")
+    outlier: Mapped[bool] = mapped_column(Boolean, default=False)
+    bad_packets: Mapped[bool] = mapped_column(Boolean, default=False)
+    flags: Mapped[str | None] = mapped_column(Text, nullable=True)
+    mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    partition_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    date_created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FileRelationship(Base):
+    """A product made from another file (product or calibration file)."""
+
+    __tablename__ = "relationships"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+
+
+class FilePacket(Base):
+    """A packet that went into a Level 0 product, with its role (image, filter_wheel, attitude)."""
+
+    __tablename__ = "file_packets"
+    __table_args__ = (UniqueConstraint("file_id", "packet_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
+    packet_id: Mapped[int] = mapped_column(ForeignKey("packets.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    Base.metadata.create_all(engine)
+    return engine
+
+
+class CatalogResource(dg.ConfigurableResource):
+    """The file catalog, reached by a SQLAlchemy URL.
+
+    Attributes
+    ----------
+    url
+        SQLAlchemy URL, e.g. ``sqlite:///var/catalog.sqlite`` or
+        ``postgresql+psycopg2://user@host/punchpipe`` (credentials from the environment).
+    """
+
+    url: str
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (created once per process; creates missing tables)."""
+        return _engine(self.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with sessionmaker(self.engine, expire_on_commit=False).begin() as session:
+            yield session

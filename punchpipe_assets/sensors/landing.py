@@ -1,0 +1,208 @@
+"""The landing sensor: new downlink files in, Level 0 run requests out."""
+
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+from sqlalchemy import func, select
+
+from punchpipe_assets.assets.level0 import level0_key
+from punchpipe_assets.assets.telemetry import telemetry_key
+from punchpipe_assets.cameras import CAMERA_BY_OBS, CAMERA_BY_SPACECRAFT_ID
+from punchpipe_assets.config import PipelineConfig
+from punchpipe_assets.resources import CatalogResource, PipelineResource
+from punchpipe_assets.resources.catalog import Packet, TelemetryFile, utcnow
+from punchpipe_assets.telemetry.ingest import IngestResult, hour_of, register_telemetry_file
+from punchpipe_assets.telemetry.packets import load_packet_set
+
+TELEMETRY_SUFFIX = ".tlm"
+PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
+
+
+@dataclass
+class Level0Request:
+    """Level 0 work for one block of consecutive hours."""
+
+    first_hour: datetime
+    last_hour: datetime
+    observatories: list[str]
+
+    @property
+    def partition_keys(self) -> tuple[str, str]:
+        """First and last partition key of the block."""
+        return self.first_hour.strftime(PARTITION_FORMAT), self.last_hour.strftime(PARTITION_FORMAT)
+
+    @property
+    def asset_keys(self) -> list[dg.AssetKey]:
+        """The Level 0 assets to materialize."""
+        return [level0_key(CAMERA_BY_OBS[obs]) for obs in self.observatories]
+
+
+@dataclass
+class LandingScan:
+    """One evaluation of the landing folder."""
+
+    ingested: list[IngestResult] = field(default_factory=list)
+    requests: list[Level0Request] = field(default_factory=list)
+    unsettled: int = 0
+    remaining: int = 0
+    run_key: str = ""
+
+
+def new_landing_files(config: PipelineConfig, known: set[str], now: float) -> tuple[list[Path], int]:
+    """Downlink files in the landing folder that the catalog does not know, oldest first.
+
+    A file modified within ``settle_seconds``, or still named ``*.part``, is being written and is
+    left for a later tick. Returns the settled new files and the number still settling.
+    """
+    settled, unsettled = [], 0
+    with os.scandir(config.landing_dir) as entries:
+        for entry in entries:
+            if not entry.name.endswith(TELEMETRY_SUFFIX) or entry.name in known or not entry.is_file():
+                continue
+            modified = entry.stat().st_mtime
+            if now - modified < config.sensor.settle_seconds:
+                unsettled += 1
+            else:
+                settled.append((modified, entry.name))
+    return [Path(config.landing_dir) / name for _, name in sorted(settled)], unsettled
+
+
+def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: int | None = None) -> LandingScan:
+    """Register new downlinks and work out which Level 0 partitions need to run.
+
+    The catalog, not the cursor, decides what is new, so a restart neither skips nor repeats a
+    file: registration is idempotent, and image packets never attempted are requested again.
+
+    Parameters
+    ----------
+    catalog
+        The file catalog.
+    config
+        The configuration.
+    max_files
+        At most this many files are registered (default: the sensor setting).
+
+    Returns
+    -------
+    LandingScan
+        What was registered and the Level 0 requests.
+    """
+    config.make_dirs()
+    packet_set = load_packet_set(config.telemetry_definitions)
+    scan = LandingScan()
+    with catalog.session() as session:
+        known = set(session.scalars(select(TelemetryFile.name)))
+    files, scan.unsettled = new_landing_files(config, known, datetime.now().timestamp())
+    limit = max_files or config.sensor.max_files_per_tick
+    scan.remaining = max(len(files) - limit, 0)
+    touched: dict[datetime, set[str]] = defaultdict(set)
+    for path in files[:limit]:
+        with catalog.session() as session:
+            result = register_telemetry_file(session, path, packet_set, Path(config.quarantine_dir))
+        if result is not None:
+            scan.ingested.append(result)
+            for obs, hours in result.touched_hours.items():
+                for hour in hours:
+                    touched[hour].add(obs)
+    with catalog.session() as session:
+        for obs, hour in _hours_needing_attempts(session, config):
+            touched[hour].add(obs)
+        high_water = session.scalar(select(func.max(Packet.id))) or 0
+    scan.requests = _blocks(touched)
+    plan = [(r.partition_keys, r.observatories) for r in scan.requests]
+    scan.run_key = hashlib.sha256(json.dumps([high_water, plan]).encode()).hexdigest()[:16]
+    return scan
+
+
+def _hours_needing_attempts(session, config: PipelineConfig) -> set[tuple[str, datetime]]:
+    """Hours with image packets never attempted, or whose replay wait ended since the last attempt."""
+    wait = timedelta(hours=config.level0.replay_wait_hours)
+    now = utcnow()
+    rows = session.execute(
+        select(Packet.spacecraft_id, Packet.timestamp, func.min(Packet.last_attempt),
+               func.count(Packet.id) - func.count(Packet.last_attempt), func.min(TelemetryFile.registered_at))
+        .join(TelemetryFile, Packet.telemetry_file_id == TelemetryFile.id)
+        .where(Packet.kind == "image", Packet.state == "pending")
+        .group_by(Packet.spacecraft_id, Packet.timestamp)
+    )
+    hours = set()
+    for spacecraft_id, timestamp, last_attempt, never_attempted, first_received in rows:
+        camera = CAMERA_BY_SPACECRAFT_ID.get(spacecraft_id)
+        deadline = first_received + wait
+        if camera is not None and (never_attempted or (last_attempt < deadline <= now)):
+            hours.add((camera.obs, hour_of(timestamp)))
+    return hours
+
+
+def _blocks(touched: dict[datetime, set[str]]) -> list[Level0Request]:
+    """Group touched hours into runs of consecutive hours, each with the union of its cameras."""
+    requests: list[Level0Request] = []
+    for hour in sorted(touched):
+        last = requests[-1] if requests else None
+        if last is not None and hour - last.last_hour == timedelta(hours=1):
+            last.last_hour = hour
+            last.observatories = sorted(set(last.observatories) | touched[hour])
+        else:
+            requests.append(Level0Request(hour, hour, sorted(touched[hour])))
+    return requests
+
+
+def run_request_for(request: Level0Request, run_key: str) -> dg.RunRequest:
+    """A Dagster run request for one block (a partition range run if it spans several hours)."""
+    first, last = request.partition_keys
+    if first == last:
+        return dg.RunRequest(run_key=f"{run_key}-{first}", asset_selection=request.asset_keys, partition_key=first)
+    return dg.RunRequest(
+        run_key=f"{run_key}-{first}-{last}",
+        asset_selection=request.asset_keys,
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+
+
+def telemetry_events(scan: LandingScan) -> list[dg.AssetMaterialization]:
+    """Materializations of the telemetry external assets, one per registered file and spacecraft."""
+    events = []
+    for result in scan.ingested:
+        for obs in sorted(result.cameras) or [None]:
+            if obs is None:
+                continue
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=telemetry_key(CAMERA_BY_OBS[obs]),
+                    description=f"downlink {result.name} registered",
+                    metadata={"file": result.name, "state": result.state, "reason": result.reason or "",
+                              "packets": result.n_packets, "skipped_packets": result.skipped_packets},
+                )
+            )
+    return events
+
+
+@dg.sensor(
+    name="telemetry_landing_sensor",
+    description="Registers new downlink files in the landing folder and requests the Level 0 "
+    "partitions their packets touch.",
+    asset_selection=dg.AssetSelection.groups("level0"),
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def telemetry_landing_sensor(
+    context: dg.SensorEvaluationContext, catalog: CatalogResource, pipeline: PipelineResource
+) -> dg.SensorResult:
+    """Register new telemetry and request Level 0 work."""
+    scan = scan_landing(catalog, pipeline.config)
+    for result in scan.ingested:
+        log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
+        log(f"{result.name}: {result.state} ({result.n_packets} packets){': ' + result.reason if result.reason else ''}")
+    cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
+    return dg.SensorResult(
+        run_requests=[run_request_for(request, scan.run_key) for request in scan.requests],
+        asset_events=telemetry_events(scan),
+        cursor=cursor,
+    )

@@ -1,0 +1,35 @@
+"""Packaging for punchpipe, the PUNCH Science Operations Center pipeline on Dagster."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="punchpipe-dagster",
+    version="0.1.0",
+    description="PUNCH Science Operations Center pipeline as a Dagster asset platform",
+    packages=find_packages(include=["punchpipe_assets", "punchpipe_assets.*"]),
+    package_data={"punchpipe_assets": ["telemetry/definitions/*.csv", "instance/*.yaml"]},
+    python_requires=">=3.13",
+    install_requires=[
+        "punchbowl[all]==0.0.25",
+        "prefect-sqlalchemy==0.6.1",
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-graphql==1.13.27",
+        "dagster-postgres==0.29.27",
+        "astropy>=7",
+        "sqlalchemy>=2.0,<2.2",
+        "psycopg2-binary>=2.9",
+        "pydantic>=2.7",
+        "pyyaml>=6",
+        "ccsdspy==2.0.1",
+        "imagecodecs>=2024.1.1",
+        "numpy-quaternion>=2024.0",
+        "click>=8.1",
+        "rich>=13",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "requests>=2.31"],
+        "celery": ["dagster-celery==0.29.27", "celery<5.7"],
+    },
+    entry_points={"console_scripts": ["punchpipe=punchpipe_assets.cli:main"]},
+)
