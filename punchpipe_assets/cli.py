@@ -58,10 +58,10 @@ def catalog_status(config: PipelineConfig) -> dict:
     return {"levels": levels, "packets": packet_states, "telemetry": telemetry}
 
 
-def run_process(config: PipelineConfig, show_progress: bool = True) -> dict:
+def run_process(config: PipelineConfig, instance=None, show_progress: bool = True) -> dict:
     """Run the landing sensor's logic until no new file is left, materializing through Dagster.
 
-    Every request runs on the configured instance (``DAGSTER_HOME``) in this one process, so
+    Every request runs on the instance (default: ``DAGSTER_HOME``'s) in this one process, so
     punchbowl is imported once.
 
     Returns
@@ -71,15 +71,15 @@ def run_process(config: PipelineConfig, show_progress: bool = True) -> dict:
     """
     import dagster as dg
 
-    from punchpipe_assets.definitions import defs
-    from punchpipe_assets.resources import CatalogResource as Catalog
+    from punchpipe_assets.definitions import build_definitions
     from punchpipe_assets.sensors.landing import run_request_for, scan_landing, telemetry_events
 
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def("level0_job")
+    instance = instance or dg.DagsterInstance.get()
+    job = build_definitions(config).resolve_job_def("level0_job")
+    quiet_logs = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     summary = {"runs": 0, "failed_runs": 0, "files": 0}
     while True:
-        scan = scan_landing(Catalog(url=config.catalog_url), config, max_files=10**6)
+        scan = scan_landing(CatalogResource(url=config.catalog_url), config, max_files=10**6)
         summary["files"] += len(scan.ingested)
         for event in telemetry_events(scan):
             instance.report_runless_asset_event(event)
@@ -96,6 +96,7 @@ def run_process(config: PipelineConfig, show_progress: bool = True) -> dict:
                     partition_key=run_request.partition_key,
                     tags=run_request.tags,
                     asset_selection=request.asset_keys,
+                    run_config=quiet_logs,
                     raise_on_error=False,
                 )
                 summary["runs"] += 1

@@ -1,12 +1,16 @@
 """The code location: every asset, check, sensor and resource of the pipeline."""
 
+import warnings
+
 import dagster as dg
 
 from punchpipe_assets.assets.level0 import level0_assets
 from punchpipe_assets.assets.telemetry import telemetry_specs
-from punchpipe_assets.config import load_config
+from punchpipe_assets.config import PipelineConfig, load_config
 from punchpipe_assets.resources import build_resources
-from punchpipe_assets.sensors.landing import telemetry_landing_sensor
+from punchpipe_assets.sensors.landing import build_landing_sensor
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Level 0 of all four cameras for one block of hours, as the landing sensor requests it.
 level0_job = dg.define_asset_job(
@@ -15,11 +19,23 @@ level0_job = dg.define_asset_job(
     description="Level 0 of all cameras for the selected hours.",
 )
 
-defs = dg.Definitions(
-    assets=[*telemetry_specs, *level0_assets],
-    jobs=[level0_job],
-    sensors=[telemetry_landing_sensor],
-    resources=build_resources(load_config()),
-    # One process per run: punchbowl is imported once per run, not once per step.
-    executor=dg.in_process_executor,
-)
+
+def build_definitions(config: PipelineConfig) -> dg.Definitions:
+    """The definitions of one installation.
+
+    Parameters
+    ----------
+    config
+        The validated configuration (catalog URL, archive folder...).
+    """
+    return dg.Definitions(
+        assets=[*telemetry_specs, *level0_assets],
+        jobs=[level0_job],
+        sensors=[build_landing_sensor(config.sensor.interval_seconds)],
+        resources=build_resources(config),
+        # One process per run: punchbowl is imported once per run, not once per step.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(load_config())

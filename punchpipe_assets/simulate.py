@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import groupby
@@ -119,7 +120,7 @@ class _Scene:
         r0, peak = (size / 12, 30000.0) if nfi else (0.3 * size, 25000.0)
         r, theta = np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx)
         streamers = 1 + sum(
-            np.float32(rng.uniform(0.05, 0.15)) * np.cos(k * theta + np.float32(rng.uniform(0, 2 * np.pi)))
+            np.float32(rng.uniform(0.05, 0.15)) * np.cos(int(k) * theta + np.float32(rng.uniform(0, 2 * np.pi)))
             for k in rng.integers(2, 9, size=4)
         )
         clear = (peak * (np.maximum(r, r0) / r0) ** -2.5 * streamers).astype(np.float32)
@@ -144,7 +145,8 @@ class _Scene:
         half = int(np.ceil(3 * self.sigma))
         steps = np.arange(-half, half + 1)
         ix, iy = np.floor(x).astype(int)[:, None] + steps, np.floor(y).astype(int)[:, None] + steps
-        gx, gy = np.exp(-0.5 * ((ix - x[:, None]) / self.sigma) ** 2), np.exp(-0.5 * ((iy - y[:, None]) / self.sigma) ** 2)
+        gx = np.exp(-0.5 * ((ix - x[:, None]) / self.sigma) ** 2)
+        gy = np.exp(-0.5 * ((iy - y[:, None]) / self.sigma) ** 2)
         gx, gy = gx / gx.sum(1, keepdims=True), gy / gy.sum(1, keepdims=True)
         stamps = flux[:, None, None] * gy[:, :, None] * gx[:, None, :]
         np.add.at(image, ((iy % self.size)[:, :, None], (ix % self.size)[:, None, :]), stamps.astype(np.float32))
@@ -157,7 +159,8 @@ class _Scene:
         sigma = np.sqrt(image / _GAIN + _READ_NOISE**2)
         image += sigma * rng.standard_normal(image.shape, dtype=np.float32) + _BIAS
         np.clip(image + 0.5, 0, 65535, out=image)
-        return _SQRT_LUT[image.astype(np.uint16)]  # same as encode_sqrt(image, 16, 10)
+        # Same as encode_sqrt(image, 16, 10); transposed so that encode_image_payload need not copy.
+        return _SQRT_LUT[image.astype(np.uint16)].T
 
 
 def _sun_direction(days: np.ndarray) -> np.ndarray:
@@ -240,7 +243,8 @@ def simulate(
     One file ``PUNCH_TLM_{obs}_{YYYYmmddHHMMSS}.tlm`` per spacecraft and downlink window (named
     by the window start) holds the window's filter-wheel (2 s before each image), attitude
     (every minute from ``start`` - 5 min to ``end`` + 5 min) and image packets in time order.
-    Files are written atomically (``.{name}.part``, then renamed).
+    Files are written atomically (``.{name}.part``, then renamed); the spacecraft are simulated
+    in parallel threads.
 
     Parameters
     ----------
@@ -286,12 +290,14 @@ def simulate(
     packets = load_packet_set()
     image_def, pfw_def, xact_def = (packets.by_kind(k) for k in ("image", "filter_wheel", "attitude"))
     damaged_obs = "1" if any(c.obs == "1" for c in cameras) else cameras[0].obs
-    report = SimulationReport()
-    replays: list[tuple[Path, bytes]] = []
+    utc_to_tai(start)  # load leap seconds before the threads start
 
-    for camera in cameras:
+    def run(camera: Camera) -> tuple[SimulationReport, bytes]:
+        """Write the regular downlinks of one spacecraft; return its report and replay bytes."""
+        report = SimulationReport()
         scene = _Scene(camera, size, seed)
         faults = np.random.default_rng([seed, int(camera.obs), 1])
+        resolver = np.random.default_rng([seed, int(camera.obs), 3])
         counts: dict[int, int] = {d.apid: 0 for d in (image_def, pfw_def, xact_def)}
         group = block = 0
 
@@ -302,7 +308,8 @@ def simulate(
 
         schedule = acquisition_schedule(camera, start, end)
         report.images += [(camera.obs, t, code) for t, code in schedule]
-        xact_times = [start - timedelta(minutes=5) + timedelta(minutes=k) for k in range(int((end - start).total_seconds() // 60) + 11)]
+        minutes = int((end - start).total_seconds() // 60) + 11
+        xact_times = [start + timedelta(minutes=k - 5) for k in range(minutes)]
         quaternions, positions, velocities = _attitude_and_orbit(camera, xact_times)
         events = sorted(
             [(t, 0, k, "") for k, t in enumerate(xact_times)]
@@ -329,8 +336,8 @@ def simulate(
                     position = PFW_ORDER.index(code)
                     values = _time_fields(pfw_def.name, when, camera) | {
                         "PFW_STATUS": 1, "POSITION_CURR": position, "POSITION_CMD": position,
-                        "RESOLVER_POS_RAW": PFW_REFERENCES[position] + int(faults.integers(-49, 50)),
-                        "RESOLVER_POS_CORR": PFW_REFERENCES[position] + int(faults.integers(-49, 50)),
+                        "RESOLVER_POS_RAW": PFW_REFERENCES[position] + int(resolver.integers(-49, 50)),
+                        "RESOLVER_POS_CORR": PFW_REFERENCES[position] + int(resolver.integers(-49, 50)),
                     }
                     values |= {f"PRIMARY_RESOLVER_POSITION_{i + 1}": ref for i, ref in enumerate(PFW_REFERENCES)}
                     regular.append(packet(pfw_def, values))
@@ -366,11 +373,23 @@ def simulate(
             if damage and camera.obs == damaged_obs and index == n_windows - 1:
                 last, keep = len(regular[-1]), min(100, len(regular[-1]) // 2)
                 data = data[: len(data) - last + keep]
-                report.damaged.append((path, f"truncated to {len(data)} bytes: last packet cut after {keep} of {last} bytes"))
+                report.damaged.append((path, f"truncated to {len(data)} bytes, last packet cut to {keep} of {last}"))
             report.files.append(_write(path, data))
-        if replay and replayed:
-            replays.append((out / f"PUNCH_TLM_{camera.obs}_{end:%Y%m%d%H%M%S}_replay.tlm", b"".join(replayed)))
+        return report, b"".join(replayed)
 
+    report = SimulationReport()
+    with ThreadPoolExecutor(max_workers=min(len(cameras), os.cpu_count() or 1)) as pool:
+        results = list(pool.map(run, cameras))
+    replays = []
+    for camera, (part, replayed) in zip(cameras, results, strict=True):
+        report.files += part.files
+        report.images += part.images
+        report.damaged += part.damaged
+        report.dropped_packets += part.dropped_packets
+        report.duplicated_packets += part.duplicated_packets
+        report.replayed_duplicates += part.replayed_duplicates
+        if replay and replayed:
+            replays.append((out / f"PUNCH_TLM_{camera.obs}_{end:%Y%m%d%H%M%S}_replay.tlm", replayed))
     report.files += [_write(path, data) for path, data in replays]
     if damage:
         garbage = b"\xff" + np.random.default_rng([seed, 9]).bytes(4095)

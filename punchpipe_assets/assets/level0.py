@@ -116,7 +116,7 @@ def build_level0_asset(camera: Camera) -> dg.AssetsDefinition:
         for partition_key in context.partition_keys:
             window = hourly_partitions.time_window_for_partition_key(partition_key)
             with catalog.session() as session:
-                former = Level0Former(session, archive, config.level0, packet_set, run_id=context.run_id)
+                former = Level0Former(session, archive, config.level0, packet_set, run_id=context.run.run_id)
                 outcome = former.form_window(camera, naive_utc(window.start), naive_utc(window.end), partition_key)
             outcomes.append(outcome)
             context.add_asset_metadata(outcome_metadata(outcome), partition_key=partition_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from punchpipe_assets.config import PipelineConfig, load_config
+from punchpipe_assets.config import PipelineConfig
 from punchpipe_assets.resources.archive import ArchiveResource
 from punchpipe_assets.resources.catalog import CatalogResource
 
@@ -14,24 +14,24 @@ class PipelineResource(dg.ConfigurableResource):
 
     Attributes
     ----------
-    config_file
-        A YAML configuration file; default: ``$PUNCHPIPE_CONFIG`` or the home folder's.
+    settings_json
+        The configuration as JSON, as ``PipelineConfig.model_dump_json`` writes it.
     """
 
-    config_file: str | None = None
+    settings_json: str
 
     @property
     def config(self) -> PipelineConfig:
         """The configuration, validated."""
-        return load_config(self.config_file)
+        return PipelineConfig.model_validate_json(self.settings_json)
 
 
-def build_resources(config: PipelineConfig, config_file: str | None = None) -> dict[str, dg.ConfigurableResource]:
+def build_resources(config: PipelineConfig) -> dict[str, dg.ConfigurableResource]:
     """The resources of one installation."""
     return {
         "catalog": CatalogResource(url=config.catalog_url),
         "archive": ArchiveResource(root=str(config.archive_dir)),
-        "pipeline": PipelineResource(config_file=config_file),
+        "pipeline": PipelineResource(settings_json=config.model_dump_json()),
     }
 
 

@@ -184,25 +184,31 @@ def telemetry_events(scan: LandingScan) -> list[dg.AssetMaterialization]:
     return events
 
 
-@dg.sensor(
-    name="telemetry_landing_sensor",
-    description="Registers new downlink files in the landing folder and requests the Level 0 "
-    "partitions their packets touch.",
-    asset_selection=dg.AssetSelection.groups("level0"),
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def telemetry_landing_sensor(
-    context: dg.SensorEvaluationContext, catalog: CatalogResource, pipeline: PipelineResource
-) -> dg.SensorResult:
-    """Register new telemetry and request Level 0 work."""
-    scan = scan_landing(catalog, pipeline.config)
-    for result in scan.ingested:
-        log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
-        log(f"{result.name}: {result.state} ({result.n_packets} packets){': ' + result.reason if result.reason else ''}")
-    cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
-    return dg.SensorResult(
-        run_requests=[run_request_for(request, scan.run_key) for request in scan.requests],
-        asset_events=telemetry_events(scan),
-        cursor=cursor,
+def build_landing_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
+    """The landing sensor, evaluated every ``interval_seconds``."""
+
+    @dg.sensor(
+        name="telemetry_landing_sensor",
+        description="Registers new downlink files in the landing folder and requests the Level 0 "
+        "partitions their packets touch.",
+        asset_selection=dg.AssetSelection.groups("level0"),
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
     )
+    def telemetry_landing_sensor(
+        context: dg.SensorEvaluationContext, catalog: CatalogResource, pipeline: PipelineResource
+    ) -> dg.SensorResult:
+        """Register new telemetry and request Level 0 work."""
+        scan = scan_landing(catalog, pipeline.config)
+        for result in scan.ingested:
+            log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
+            log(f"{result.name}: {result.state} ({result.n_packets} packets)"
+                f"{': ' + result.reason if result.reason else ''}")
+        cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
+        return dg.SensorResult(
+            run_requests=[run_request_for(request, scan.run_key) for request in scan.requests],
+            asset_events=telemetry_events(scan),
+            cursor=cursor,
+        )
+
+    return telemetry_landing_sensor

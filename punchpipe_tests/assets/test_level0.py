@@ -1,0 +1,137 @@
+"""Level 0 through Dagster on real instances and catalogs (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+from astropy.io import fits
+from sqlalchemy import func, select
+
+from punchpipe_assets.cli import catalog_status, run_process
+from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile, TelemetryFile
+from punchpipe_assets.simulate import simulate
+from punchpipe_tests.conftest import SIMULATION_START
+
+SIZE = 128
+PARTITION = "2025-08-01-12:00"
+
+
+def land(files: list[Path], config) -> None:
+    """Move simulated downlinks into the landing folder."""
+    for path in files:
+        shutil.copy(path, Path(config.landing_dir) / path.name)
+
+
+def level0_materializations(instance: dg.DagsterInstance, slug: str, partition: str) -> list:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"level0_{slug}"), asset_partitions=[partition]), limit=100
+    ).records
+    return [record.asset_materialization for record in records]
+
+
+def test_telemetry_becomes_level0_with_lineage(config, catalog, instance, tmp_path):
+    report = simulate(SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=1)
+    land(report.files, config)
+
+    summary = run_process(config, instance, show_progress=False)
+
+    assert summary["failed_runs"] == 0 and summary["files"] == 4
+    expected = Counter(f"{code}{obs}" for obs, _, code in report.images)
+    assert catalog_status(config)["levels"]["0"] == dict(expected)
+    with catalog.session() as session:
+        products = session.scalars(select(ProductFile)).all()
+        image_states = dict(
+            session.execute(
+                select(Packet.state, func.count()).where(Packet.kind == "image").group_by(Packet.state)
+            ).all()
+        )
+        assert image_states == {"used": session.scalar(select(func.count()).where(Packet.kind == "image"))}
+        product = next(p for p in products if p.observatory == "2")
+        lineage = session.execute(
+            select(FilePacket.role, TelemetryFile.name)
+            .join(Packet, FilePacket.packet_id == Packet.id)
+            .join(TelemetryFile, Packet.telemetry_file_id == TelemetryFile.id)
+            .where(FilePacket.file_id == product.id)
+        ).all()
+    assert {role for role, _ in lineage} == {"image", "filter_wheel", "attitude"}
+    assert {name for _, name in lineage} == {"PUNCH_TLM_2_20250801120000.tlm"}
+
+    with fits.open(product.path) as hdul:
+        header = hdul[1].header
+        assert header["LEVEL"] == "0" and str(header["OBSCODE"]) == "2"
+        assert header["TYPECODE"] == product.file_type
+        assert hdul[1].data.shape == (SIZE, SIZE) and hdul[1].data.max() <= 1023
+        assert Path(product.path).name == f"PUNCH_L0_{product.file_type}2_{product.date_obs:%Y%m%d%H%M%S}_v1.fits"
+
+    (materialization,) = level0_materializations(instance, "wfi2", PARTITION)
+    metadata = materialization.metadata
+    assert metadata["frames_made"].value == sum(n for code, n in expected.items() if code.endswith("2"))
+    outputs = metadata["outputs"].value
+    assert {o["path"] for o in outputs} == {p.path for p in products if p.observatory == "2"}
+    assert all(len(o["sha256"]) == 64 for o in outputs)
+    assert metadata["input_telemetry_files"].value == ["PUNCH_TLM_2_20250801120000.tlm"]
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("level0_wfi2"), "image_quality")]
+    )
+    assert check[dg.AssetCheckKey(dg.AssetKey("level0_wfi2"), "image_quality")].status.value == "SUCCEEDED"
+
+
+def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog, instance, tmp_path):
+    config.level0.replay_wait_hours = 24.0
+    report = simulate(SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=2, gap_fraction=0.05, packet_payload_bytes=1024,
+                      replay=True, replay_duplicate_fraction=0.05)
+    regular = [f for f in report.files if not f.name.endswith("_replay.tlm")]
+    replays = [f for f in report.files if f.name.endswith("_replay.tlm")]
+    assert report.dropped_packets > 0 and replays
+    land(regular, config)
+    run_process(config, instance, show_progress=False)
+
+    with catalog.session() as session:
+        waiting = session.scalars(select(Packet).where(Packet.kind == "image", Packet.state == "pending")).all()
+        assert waiting and all(p.reason.startswith("waiting for replay") for p in waiting)
+        made_before = {p.path: (p.sha256, Path(p.path).stat().st_mtime_ns) for p in session.scalars(select(ProductFile))}
+    assert len(made_before) < len(report.images)
+
+    land(replays, config)
+    run_process(config, instance, show_progress=False)
+
+    with catalog.session() as session:
+        products = session.scalars(select(ProductFile)).all()
+        states = Counter(
+            (p.state, (p.reason or "").split(" ")[0])
+            for p in session.scalars(select(Packet).where(Packet.kind == "image"))
+        )
+    assert len(products) == len(report.images)
+    assert states[("used", "")] > 0 and ("pending", "waiting") not in states
+    assert states[("skipped", "duplicate:")] == report.replayed_duplicates
+    for product in products:
+        if product.path in made_before:  # complete before the replay: not rewritten
+            assert Path(product.path).stat().st_mtime_ns == made_before[product.path][1]
+    statuses = {m.metadata["frames_unchanged"].value for m in level0_materializations(instance, "wfi1", PARTITION)}
+    assert max(statuses) > 0
+
+
+def test_missing_packets_after_wait_are_flagged_not_lost(config, catalog, instance, tmp_path):
+    report = simulate(SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=3, gap_fraction=0.05,
+                      packet_payload_bytes=1024)
+    land(report.files, config)
+    run_process(config, instance, show_progress=False)  # replay wait 0: give up at once
+
+    with catalog.session() as session:
+        total = session.scalar(select(func.count()).select_from(Packet))
+        accounted = session.scalar(
+            select(func.count()).where(
+                (Packet.state == "used") | ((Packet.state == "skipped") & Packet.reason.is_not(None))
+                | (Packet.kind != "image")
+            )
+        )
+        skipped = session.scalars(select(Packet).where(Packet.state == "skipped")).all()
+    assert accounted == total
+    assert skipped and all("missing" in p.reason for p in skipped)
+    check_key = dg.AssetCheckKey(dg.AssetKey("level0_wfi1"), "image_quality")
+    executions = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
+    evaluation = executions[check_key].event.dagster_event.event_specific_data
+    assert not evaluation.passed and evaluation.metadata["not_formed_count"].value > 0
