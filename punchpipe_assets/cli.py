@@ -43,14 +43,13 @@ def catalog_status(config: PipelineConfig) -> dict:
     with catalog.session() as session:
         levels: dict[str, dict[str, int]] = {}
         rows = session.execute(
-            select(ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id))
-            .group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
+            select(
+                ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id)
+            ).group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
         )
         for level, file_type, obs, count in rows:
             levels.setdefault(level, {})[f"{file_type}{obs}"] = count
-        packet_states = dict(
-            session.execute(select(Packet.state, func.count(Packet.id)).group_by(Packet.state)).all()
-        )
+        packet_states = dict(session.execute(select(Packet.state, func.count(Packet.id)).group_by(Packet.state)).all())
         telemetry = [
             {"file": t.name, "state": t.state, "reason": t.reason, "packets": t.n_packets}
             for t in session.scalars(select(TelemetryFile).order_by(TelemetryFile.id))
@@ -125,8 +124,13 @@ def print_status(status: dict) -> None:
 
 
 @click.group()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML configuration (default: $PUNCHPIPE_CONFIG or $PUNCHPIPE_HOME/punchpipe.yaml).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML configuration (default: $PUNCHPIPE_CONFIG or $PUNCHPIPE_HOME/punchpipe.yaml).",
+)
 @click.pass_context
 def main(context: click.Context, config_file: str | None) -> None:
     """PUNCH Science Operations Center pipeline on Dagster."""
@@ -144,13 +148,23 @@ def main(context: click.Context, config_file: str | None) -> None:
 @click.option("--replay/--no-replay", default=False, help="Write late replay files with the dropped packets.")
 @click.option("--duplicates", default=0.0, show_default=True, type=float, help="Fraction of packets duplicated.")
 @click.option("--damage/--no-damage", default=False, help="Truncate one file and add a garbage file.")
-def simulate(start: str, hours: float, out: str, size: int, seed: int, gaps: float, replay: bool,
-             duplicates: float, damage: bool) -> None:
+def simulate(
+    start: str, hours: float, out: str, size: int, seed: int, gaps: float, replay: bool, duplicates: float, damage: bool
+) -> None:
     """Write simulated downlink files for the four spacecraft."""
     from punchpipe_assets.simulate import simulate as write_downlinks
 
-    report = write_downlinks(datetime.fromisoformat(start), hours, Path(out), size=size, seed=seed,
-                             gap_fraction=gaps, replay=replay, duplicate_fraction=duplicates, damage=damage)
+    report = write_downlinks(
+        datetime.fromisoformat(start),
+        hours,
+        Path(out),
+        size=size,
+        seed=seed,
+        gap_fraction=gaps,
+        replay=replay,
+        duplicate_fraction=duplicates,
+        damage=damage,
+    )
     console.print(f"wrote {len(report.files)} downlink files to {out}")
 
 
@@ -161,8 +175,9 @@ def process(config: PipelineConfig, quiet: bool) -> None:
     """Register new telemetry and materialize everything that is ready, then print a summary."""
     summary = run_process(config, show_progress=not quiet)
     print_status(catalog_status(config))
-    console.print(f"{summary['files']} new telemetry files, {summary['runs']} Dagster runs, "
-                  f"{summary['failed_runs']} failed")
+    console.print(
+        f"{summary['files']} new telemetry files, {summary['runs']} Dagster runs, {summary['failed_runs']} failed"
+    )
     if summary["failed_runs"]:
         sys.exit(1)
 
@@ -188,8 +203,18 @@ def status(config: PipelineConfig, as_json: bool) -> None:
 def demo(context: click.Context, hours: float, size: int, seed: int, start: str) -> None:
     """Simulate HOURS of telemetry into the landing folder and process it."""
     config: PipelineConfig = context.obj
-    context.invoke(simulate, start=start, hours=hours, out=str(config.landing_dir), size=size, seed=seed,
-                   gaps=0.0, replay=False, duplicates=0.0, damage=False)
+    context.invoke(
+        simulate,
+        start=start,
+        hours=hours,
+        out=str(config.landing_dir),
+        size=size,
+        seed=seed,
+        gaps=0.0,
+        replay=False,
+        duplicates=0.0,
+        damage=False,
+    )
     config.sensor.settle_seconds = 0  # the simulator writes each file atomically
     context.invoke(process, quiet=False)
     console.print(f"Browse the lineage: punchpipe ui  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
@@ -200,5 +225,16 @@ def demo(context: click.Context, hours: float, size: int, seed: int, start: str)
 @click.option("--port", default=3000, show_default=True, type=int)
 def ui(host: str, port: int) -> None:
     """Open the Dagster UI (and daemon) on this installation's instance."""
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "punchpipe_assets.definitions", "-h", host, "-p", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "punchpipe_assets.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
     sys.exit(subprocess.call(command))

@@ -33,9 +33,7 @@ class Level0Settings(BaseModel):
         48.0, ge=0, description="How long an image with missing packets waits for a replay."
     )
     file_version: str = Field("1", pattern=r"^[0-9A-Za-z]+$")
-    pfw_window_seconds: float = Field(
-        600.0, gt=0, description="Newest filter-wheel packet accepted before an image."
-    )
+    pfw_window_seconds: float = Field(600.0, gt=0, description="Newest filter-wheel packet accepted before an image.")
     attitude_window_seconds: float = Field(
         18000.0, gt=0, description="Attitude packets accepted around an image (punchbowl: 5 h)."
     )
@@ -88,9 +86,7 @@ class PipelineConfig(BaseModel):
         self.archive_dir = Path(self.archive_dir or self.home / "archive").resolve()
         self.dagster_home = Path(self.dagster_home or self.home / "dagster").resolve()
         if self.catalog_url is None:
-            self.catalog_url = os.environ.get("PUNCHPIPE_CATALOG_URL") or (
-                f"sqlite:///{self.home / 'catalog.sqlite'}"
-            )
+            self.catalog_url = os.environ.get("PUNCHPIPE_CATALOG_URL") or (f"sqlite:///{self.home / 'catalog.sqlite'}")
         return self
 
     def make_dirs(self) -> None:

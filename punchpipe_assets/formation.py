@@ -15,16 +15,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from punchpipe_assets.cameras import Camera
 from punchpipe_assets.config import Level0Settings
 from punchpipe_assets.resources.archive import ArchiveResource
-from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile, TelemetryFile, utcnow
+from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile, utcnow
 from punchpipe_assets.telemetry.image import ImageDecodeError, decode_image_payload
 from punchpipe_assets.telemetry.ingest import not_duplicate
-from punchpipe_assets.telemetry.packets import SEQ_FLAG_FIRST, SEQ_FLAG_LAST, SEQ_FLAG_UNSEGMENTED, PacketSet, decode_packets
+from punchpipe_assets.telemetry.packets import (
+    SEQ_FLAG_FIRST,
+    SEQ_FLAG_LAST,
+    SEQ_FLAG_UNSEGMENTED,
+    PacketSet,
+    decode_packets,
+)
 
 # Bumped whenever the way a Level 0 file is formed changes; part of every file's fingerprint.
 LEVEL0_CODE_VERSION = "level0-v1"
@@ -121,15 +127,19 @@ def _order_image_packets(packets: list[Packet]) -> tuple[list[Packet], list[Pack
     return ordered, superseded, missing
 
 
-def _nearest(session: Session, kind: str, spacecraft_id: int, when: datetime, window: timedelta, before: bool) -> Packet | None:
+def _nearest(
+    session: Session, kind: str, spacecraft_id: int, when: datetime, window: timedelta, before: bool
+) -> Packet | None:
     """The engineering packet of a kind nearest before (or after) a time within a window."""
-    query = select(Packet).where(
-        Packet.kind == kind, Packet.spacecraft_id == spacecraft_id, not_duplicate()
-    )
+    query = select(Packet).where(Packet.kind == kind, Packet.spacecraft_id == spacecraft_id, not_duplicate())
     if before:
-        query = query.where(Packet.timestamp <= when, Packet.timestamp >= when - window).order_by(Packet.timestamp.desc())
+        query = query.where(Packet.timestamp <= when, Packet.timestamp >= when - window).order_by(
+            Packet.timestamp.desc()
+        )
     else:
-        query = query.where(Packet.timestamp >= when, Packet.timestamp <= when + window).order_by(Packet.timestamp.asc())
+        query = query.where(Packet.timestamp >= when, Packet.timestamp <= when + window).order_by(
+            Packet.timestamp.asc()
+        )
     return session.scalars(query.order_by(Packet.id.desc()).limit(1)).first()
 
 
@@ -158,20 +168,34 @@ class Level0Former:
         The Dagster run, recorded with each product.
     """
 
-    def __init__(self, session: Session, archive: ArchiveResource, settings: Level0Settings,
-                 packet_set: PacketSet, now: datetime | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        archive: ArchiveResource,
+        settings: Level0Settings,
+        packet_set: PacketSet,
+        now: datetime | None = None,
+        run_id: str | None = None,
+    ) -> None:
         self.session, self.archive, self.settings, self.packet_set = session, archive, settings, packet_set
         self.now = now or utcnow()
         self.run_id = run_id
         self.reader = PacketReader()
 
-    def form_window(self, camera: Camera, start: datetime, end: datetime, partition_key: str | None = None) -> PartitionOutcome:
+    def form_window(
+        self, camera: Camera, start: datetime, end: datetime, partition_key: str | None = None
+    ) -> PartitionOutcome:
         """Form every image of a camera acquired in ``[start, end)``."""
         outcome = PartitionOutcome(camera, start, end)
         packets = self.session.scalars(
             select(Packet)
-            .where(Packet.kind == "image", Packet.spacecraft_id == camera.spacecraft_id,
-                   Packet.timestamp >= start, Packet.timestamp < end, not_duplicate())
+            .where(
+                Packet.kind == "image",
+                Packet.spacecraft_id == camera.spacecraft_id,
+                Packet.timestamp >= start,
+                Packet.timestamp < end,
+                not_duplicate(),
+            )
             .order_by(Packet.timestamp, Packet.id)
         ).all()
         by_time: dict[datetime, list[Packet]] = defaultdict(list)
@@ -182,10 +206,22 @@ class Level0Former:
                 outcome.images.append(self.form_image(camera, acquisition_time, image_packets, partition_key))
         finally:
             self.reader.close()
+        # Every packet of the window has now been looked at: the sensor stops requesting it.
+        self.session.execute(
+            update(Packet)
+            .where(
+                Packet.spacecraft_id == camera.spacecraft_id,
+                Packet.timestamp >= start,
+                Packet.timestamp < end,
+                Packet.last_attempt.is_(None),
+            )
+            .values(last_attempt=self.now)
+        )
         return outcome
 
-    def form_image(self, camera: Camera, acquisition_time: datetime, packets: list[Packet],
-                   partition_key: str | None = None) -> ImageOutcome:
+    def form_image(
+        self, camera: Camera, acquisition_time: datetime, packets: list[Packet], partition_key: str | None = None
+    ) -> ImageOutcome:
         """Form one image from its packets, or record why not."""
         ordered, superseded, missing = _order_image_packets(packets)
         for packet in superseded:
@@ -197,8 +233,14 @@ class Level0Former:
         may_wait = self.now < deadline
 
         observation_time = acquisition_time + CLEARING_OFFSET
-        pfw = _nearest(self.session, "filter_wheel", camera.spacecraft_id, observation_time,
-                       timedelta(seconds=self.settings.pfw_window_seconds), before=True)
+        pfw = _nearest(
+            self.session,
+            "filter_wheel",
+            camera.spacecraft_id,
+            observation_time,
+            timedelta(seconds=self.settings.pfw_window_seconds),
+            before=True,
+        )
         attitude_window = timedelta(seconds=self.settings.attitude_window_seconds)
         xact_before = _nearest(self.session, "attitude", camera.spacecraft_id, observation_time, attitude_window, True)
         xact_after = _nearest(self.session, "attitude", camera.spacecraft_id, observation_time, attitude_window, False)
@@ -210,19 +252,30 @@ class Level0Former:
         elif xact_before is None and xact_after is None:
             problem = "no attitude packet near the image"
         if problem and may_wait:
-            return self._mark(outcome, ordered, "waiting", f"waiting for replay until {deadline:%Y-%m-%dT%H:%M}: {problem}")
+            return self._mark(
+                outcome, ordered, "waiting", f"waiting for replay until {deadline:%Y-%m-%dT%H:%M}: {problem}"
+            )
         if pfw is None or (xact_before is None and xact_after is None):
             return self._mark(outcome, ordered, "skipped", f"not formed: {problem} after the replay wait")
 
         engineering = [p for p in (pfw, xact_before, xact_after) if p is not None]
         fingerprint = hashlib.sha256(
-            json.dumps([LEVEL0_CODE_VERSION, self.settings.file_version,
-                        self.settings.plate_scale_deg.get(camera.obs),
-                        [p.digest for p in ordered], [p.digest for p in engineering]]).encode()
+            json.dumps(
+                [
+                    LEVEL0_CODE_VERSION,
+                    self.settings.file_version,
+                    self.settings.plate_scale_deg.get(camera.obs),
+                    [p.digest for p in ordered],
+                    [p.digest for p in engineering],
+                ]
+            ).encode()
         ).hexdigest()
         existing = self.session.scalars(
-            select(ProductFile).where(ProductFile.level == "0", ProductFile.observatory == camera.obs,
-                                      ProductFile.acquisition_time == acquisition_time)
+            select(ProductFile).where(
+                ProductFile.level == "0",
+                ProductFile.observatory == camera.obs,
+                ProductFile.acquisition_time == acquisition_time,
+            )
         ).first()
         if existing is not None and existing.fingerprint == fingerprint and Path(existing.path).exists():
             outcome.status, outcome.path, outcome.sha256 = "unchanged", existing.path, existing.sha256
@@ -237,13 +290,17 @@ class Level0Former:
             image = decode_image_payload(payload)
         except ImageDecodeError as error:
             status = "waiting" if may_wait else "skipped"
-            return self._mark(outcome, ordered, status, f"image not decodable ({problem or 'all packets present'}): {error}")
+            return self._mark(
+                outcome, ordered, status, f"image not decodable ({problem or 'all packets present'}): {error}"
+            )
 
-        cube, flags = self._build_cube(camera, decoded, image, pfw, xact_before or xact_after,
-                                       xact_after or xact_before, telemetry_names, missing)
+        cube, flags = self._build_cube(
+            camera, decoded, image, pfw, xact_before or xact_after, xact_after or xact_before, telemetry_names, missing
+        )
         file_type = cube.meta["TYPECODE"].value
-        path = self.archive.product_path("0", file_type, camera.obs, _parse_fits_time(cube.meta["DATE-OBS"].value),
-                                         self.settings.file_version)
+        path = self.archive.product_path(
+            "0", file_type, camera.obs, _parse_fits_time(cube.meta["DATE-OBS"].value), self.settings.file_version
+        )
         sha256 = self.archive.write_cube(cube, path)
         product = existing or ProductFile(level="0", observatory=camera.obs, acquisition_time=acquisition_time)
         if existing is not None and existing.path != str(path):
@@ -261,7 +318,10 @@ class Level0Former:
         self.session.execute(delete(FilePacket).where(FilePacket.file_id == product.id))
         self.session.add_all(
             [FilePacket(file_id=product.id, packet_id=p.id, role="image") for p in ordered]
-            + [FilePacket(file_id=product.id, packet_id=p.id, role=p.kind) for p in {p.id: p for p in engineering}.values()]
+            + [
+                FilePacket(file_id=product.id, packet_id=p.id, role=p.kind)
+                for p in {p.id: p for p in engineering}.values()
+            ]
         )
         for packet in ordered:
             packet.state, packet.reason, packet.last_attempt = "used", None, self.now
@@ -278,9 +338,19 @@ class Level0Former:
         outcome.status, outcome.reason = status, reason
         return outcome
 
-    def _build_cube(self, camera: Camera, decoded: dict, image: np.ndarray, pfw: Packet, xact_before: Packet,
-                    xact_after: Packet, telemetry_names: list[str], missing: int):
+    def _build_cube(
+        self,
+        camera: Camera,
+        decoded: dict,
+        image: np.ndarray,
+        pfw: Packet,
+        xact_before: Packet,
+        xact_after: Packet,
+        telemetry_names: list[str],
+        missing: int,
+    ):
         """Fill Level 0 metadata through punchbowl's template and helpers."""
+        import punchbowl
         import quaternion  # noqa: F401 - registers np.quaternion, used by punchbowl's helpers
         from punchbowl.auto.flows.level0 import (
             determine_file_type,
@@ -294,8 +364,6 @@ class Level0Former:
         from punchbowl.data import NormalizedMetadata
         from punchbowl.data.punch_io import _update_statistics
         from punchbowl.data.punchcube import PUNCHCube
-
-        import punchbowl
 
         definition = self.packet_set.by_kind("image")
         prefix = definition.name
@@ -315,12 +383,19 @@ class Level0Former:
         fits_info: dict = {"TYPECODE": file_type}
         fits_info |= organize_compression_and_acquisition_settings(compression, acquisition)
         fits_info |= organize_gain_info(camera.spacecraft_id)
-        nearest = min(((xact_before, before), (xact_after, after)),
-                      key=lambda pair: abs((pair[0].timestamp - midpoint).total_seconds()))
+        nearest = min(
+            ((xact_before, before), (xact_after, after)),
+            key=lambda pair: abs((pair[0].timestamp - midpoint).total_seconds()),
+        )
         fits_info |= organize_spacecraft_position_keywords(midpoint, *nearest)
-        fits_info |= {"PFWTIME": pfw.timestamp.isoformat(), "PFWSTAT": int(pfw_values["PFW_STATUS"]),
-                      "POSCURR": int(pfw_values["POSITION_CURR"]), "POSCMD": int(pfw_values["POSITION_CMD"]),
-                      "POSRAW": int(pfw_values["RESOLVER_POS_RAW"]), "POSRAW2": int(pfw_values["RESOLVER_POS_CORR"])}
+        fits_info |= {
+            "PFWTIME": pfw.timestamp.isoformat(),
+            "PFWSTAT": int(pfw_values["PFW_STATUS"]),
+            "POSCURR": int(pfw_values["POSITION_CURR"]),
+            "POSCMD": int(pfw_values["POSITION_CMD"]),
+            "POSRAW": int(pfw_values["RESOLVER_POS_RAW"]),
+            "POSRAW2": int(pfw_values["RESOLVER_POS_CORR"]),
+        }
         fits_info |= {f"PFWPOS{i}": int(pfw_values[f"PRIMARY_RESOLVER_POSITION_{i}"]) for i in range(1, 6)}
         fits_info["RAWBITS"] = 19 if camera.instrument == "NFI" else 16
         if fits_info["ISSQRT"]:
@@ -335,16 +410,24 @@ class Level0Former:
             fits_info["DESCRPTN"] = "PUNCH Level-0 data, DN values in camera coordinates"
         fits_info["COM_SET"] = int(decoded[f"{prefix}_HDR_COM_SET"][0])
         fits_info["ACQ_SET"] = int(decoded[f"{prefix}_HDR_ACQ_SET"][0])
-        for key, when in (("DATE-BEG", observation_time), ("DATE-END", observation_end),
-                          ("DATE-AVG", midpoint), ("DATE-OBS", midpoint), ("DATE", utcnow())):
+        for key, when in (
+            ("DATE-BEG", observation_time),
+            ("DATE-END", observation_end),
+            ("DATE-AVG", midpoint),
+            ("DATE-OBS", midpoint),
+            ("DATE", utcnow()),
+        ):
             fits_info[key] = when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         fits_info["FILEVRSN"] = self.settings.file_version
         fits_info["BOWLVRSN"] = punchbowl.__version__
         fits_info["NUM_PCKT"] = len(decoded[f"{prefix}_HDR_SEC"])
         fits_info["PCKTBYTE"] = int(sum(len(chunk) for chunk in decoded[f"{prefix}_IMG_DATA"]))
 
-        position_info = {"spacecraft_id": camera.spacecraft_id, "datetime": observation_time,
-                         "interp_quat": _interpolate_attitude(xact_before, before, xact_after, after, observation_time)}
+        position_info = {
+            "spacecraft_id": camera.spacecraft_id,
+            "datetime": observation_time,
+            "interp_quat": _interpolate_attitude(xact_before, before, xact_after, after, observation_time),
+        }
         wcs = form_preliminary_wcs(camera.obs, position_info, float(self.settings.plate_scale_deg[camera.obs]))
         meta = NormalizedMetadata.load_template(f"{file_type}{camera.obs}", "0")
         for key, value in fits_info.items():
@@ -379,8 +462,9 @@ def _interpolate_attitude(before_packet: Packet, before: dict, after_packet: Pac
     q_before, q_after = to_quaternion(before), to_quaternion(after)
     if before_packet.id == after_packet.id:
         return q_before
-    return quaternion.slerp(q_before, q_after, before_packet.timestamp.timestamp(),
-                            after_packet.timestamp.timestamp(), when.timestamp())
+    return quaternion.slerp(
+        q_before, q_after, before_packet.timestamp.timestamp(), after_packet.timestamp.timestamp(), when.timestamp()
+    )
 
 
 def _parse_fits_time(value: str) -> datetime:

@@ -191,8 +191,14 @@ def _attitude_and_orbit(camera: Camera, times: list[datetime]) -> tuple[np.ndarr
         node = np.arctan2(sun[:, 1], sun[:, 0]) + np.pi / 2  # dawn-dusk orbit
         u = 2 * np.pi * s / _ORBIT_PERIOD_S + index * np.pi / 2
         p = np.stack([np.cos(node), np.sin(node), np.zeros_like(node)], axis=1)
-        q = np.stack([-np.sin(node) * np.cos(_INCLINATION), np.cos(node) * np.cos(_INCLINATION),
-                      np.full_like(node, np.sin(_INCLINATION))], axis=1)
+        q = np.stack(
+            [
+                -np.sin(node) * np.cos(_INCLINATION),
+                np.cos(node) * np.cos(_INCLINATION),
+                np.full_like(node, np.sin(_INCLINATION)),
+            ],
+            axis=1,
+        )
         eci = _ORBIT_RADIUS_KM * (np.cos(u)[:, None] * p + np.sin(u)[:, None] * q)
         gmst = np.radians(280.46061837 + 360.98564736629 * s / 86400)
         c, g = np.cos(gmst), np.sin(gmst)
@@ -335,7 +341,9 @@ def simulate(
                 elif kind == 1:
                     position = PFW_ORDER.index(code)
                     values = _time_fields(pfw_def.name, when, camera) | {
-                        "PFW_STATUS": 1, "POSITION_CURR": position, "POSITION_CMD": position,
+                        "PFW_STATUS": 1,
+                        "POSITION_CURR": position,
+                        "POSITION_CMD": position,
                         "RESOLVER_POS_RAW": PFW_REFERENCES[position] + int(resolver.integers(-49, 50)),
                         "RESOLVER_POS_CORR": PFW_REFERENCES[position] + int(resolver.integers(-49, 50)),
                     }

@@ -18,9 +18,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 from punchpipe_assets.config import PipelineConfig, load_config  # noqa: E402
 from punchpipe_assets.resources.catalog import CatalogResource  # noqa: E402
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "PUNCHPIPE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("PUNCHPIPE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 SIMULATION_START = datetime(2025, 8, 1, 12, 0, 0)
 
 

@@ -1,6 +1,5 @@
 """Level 0 assets: one per camera, hourly partitions of acquisition time."""
 
-
 import hashlib
 from datetime import UTC, datetime
 
@@ -38,15 +37,26 @@ def outcome_metadata(outcome: PartitionOutcome) -> dict[str, dg.MetadataValue]:
         "frames_skipped": dg.MetadataValue.int(outcome.count("skipped")),
         "frames_flagged": dg.MetadataValue.int(sum(bool(image.flags) for image in made)),
         "outputs": dg.MetadataValue.json(
-            [{"path": image.path, "sha256": image.sha256, "product": image.file_type, "status": image.status,
-              "flags": image.flags} for image in made]
+            [
+                {
+                    "path": image.path,
+                    "sha256": image.sha256,
+                    "product": image.file_type,
+                    "status": image.status,
+                    "flags": image.flags,
+                }
+                for image in made
+            ]
         ),
         "input_telemetry_files": dg.MetadataValue.json(
             sorted({name for image in outcome.images for name in image.telemetry_files})
         ),
         "not_formed": dg.MetadataValue.json(
-            [{"acquisition_time": image.acquisition_time.isoformat(), "status": image.status, "reason": image.reason}
-             for image in outcome.images if image.status in ("waiting", "skipped")]
+            [
+                {"acquisition_time": image.acquisition_time.isoformat(), "status": image.status, "reason": image.reason}
+                for image in outcome.images
+                if image.status in ("waiting", "skipped")
+            ]
         ),
         "partition_fingerprint": dg.MetadataValue.text(outcome.fingerprint),
     }
@@ -56,19 +66,27 @@ def quality_check(camera: Camera, outcomes: list[PartitionOutcome]) -> dg.AssetC
     """Flag images with outlier statistics or missing packets, and images that could not be formed."""
     flagged = [
         {"path": image.path, "flags": image.flags}
-        for outcome in outcomes for image in outcome.images if image.flags and image.status == "made"
+        for outcome in outcomes
+        for image in outcome.images
+        if image.flags and image.status == "made"
     ]
     skipped = [
         {"acquisition_time": image.acquisition_time.isoformat(), "reason": image.reason}
-        for outcome in outcomes for image in outcome.images if image.status == "skipped"
+        for outcome in outcomes
+        for image in outcome.images
+        if image.status == "skipped"
     ]
     return dg.AssetCheckResult(
         asset_key=level0_key(camera),
         check_name=IMAGE_QUALITY_CHECK,
         passed=not flagged and not skipped,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"flagged_images": dg.MetadataValue.json(flagged), "not_formed": dg.MetadataValue.json(skipped),
-                  "flagged_count": len(flagged), "not_formed_count": len(skipped)},
+        metadata={
+            "flagged_images": dg.MetadataValue.json(flagged),
+            "not_formed": dg.MetadataValue.json(skipped),
+            "flagged_count": len(flagged),
+            "not_formed_count": len(skipped),
+        },
     )
 
 
@@ -99,8 +117,11 @@ def build_level0_asset(camera: Camera) -> dg.AssetsDefinition:
         pool=PUNCHBOWL_POOL,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
         retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-        check_specs=[dg.AssetCheckSpec(IMAGE_QUALITY_CHECK, asset=key,
-                                       description="Outlier statistics, missing packets, images not formed.")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                IMAGE_QUALITY_CHECK, asset=key, description="Outlier statistics, missing packets, images not formed."
+            )
+        ],
         kinds={"fits", "punchbowl"},
         tags={"level": "0", "observatory": camera.obs},
     )

@@ -75,6 +75,9 @@ class ArchiveResource(dg.ConfigurableResource):
         from punchbowl.data import write_ndcube_to_fits
 
         write_atomically(
-            path, lambda temporary: write_ndcube_to_fits(cube, str(temporary), overwrite=True, write_hash=False, skip_stats=True)
+            path,
+            lambda temporary: write_ndcube_to_fits(
+                cube, str(temporary), overwrite=True, write_hash=False, skip_stats=True
+            ),
         )
         return sha256_of(path)

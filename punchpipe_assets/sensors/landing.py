@@ -1,6 +1,5 @@
 """The landing sensor: new downlink files in, Level 0 run requests out."""
 
-
 import hashlib
 import json
 import os
@@ -77,8 +76,10 @@ def new_landing_files(config: PipelineConfig, known: set[str], now: float) -> tu
 def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: int | None = None) -> LandingScan:
     """Register new downlinks and work out which Level 0 partitions need to run.
 
-    The catalog, not the cursor, decides what is new, so a restart neither skips nor repeats a
-    file: registration is idempotent, and image packets never attempted are requested again.
+    The catalog, not the cursor, decides what is new and what is requested, so a restart neither
+    skips nor repeats a file: registration is idempotent, packets never attempted by a Level 0 run
+    are requested again, and the same catalog state gives the same run key (Dagster launches a
+    run key once).
 
     Parameters
     ----------
@@ -102,15 +103,12 @@ def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: in
     files, scan.unsettled = new_landing_files(config, known, datetime.now().timestamp())
     limit = max_files or config.sensor.max_files_per_tick
     scan.remaining = max(len(files) - limit, 0)
-    touched: dict[datetime, set[str]] = defaultdict(set)
     for path in files[:limit]:
         with catalog.session() as session:
             result = register_telemetry_file(session, path, packet_set, Path(config.quarantine_dir))
         if result is not None:
             scan.ingested.append(result)
-            for obs, hours in result.touched_hours.items():
-                for hour in hours:
-                    touched[hour].add(obs)
+    touched: dict[datetime, set[str]] = defaultdict(set)
     with catalog.session() as session:
         for obs, hour in _hours_needing_attempts(session, config):
             touched[hour].add(obs)
@@ -122,21 +120,27 @@ def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: in
 
 
 def _hours_needing_attempts(session, config: PipelineConfig) -> set[tuple[str, datetime]]:
-    """Hours with image packets never attempted, or whose replay wait ended since the last attempt."""
+    """Hours with packets never attempted, or with images whose replay wait ended since the last attempt."""
     wait = timedelta(hours=config.level0.replay_wait_hours)
     now = utcnow()
     rows = session.execute(
-        select(Packet.spacecraft_id, Packet.timestamp, func.min(Packet.last_attempt),
-               func.count(Packet.id) - func.count(Packet.last_attempt), func.min(TelemetryFile.registered_at))
+        select(
+            Packet.spacecraft_id,
+            Packet.kind,
+            Packet.timestamp,
+            func.min(Packet.last_attempt),
+            func.count(Packet.id) - func.count(Packet.last_attempt),
+            func.min(TelemetryFile.registered_at),
+        )
         .join(TelemetryFile, Packet.telemetry_file_id == TelemetryFile.id)
-        .where(Packet.kind == "image", Packet.state == "pending")
-        .group_by(Packet.spacecraft_id, Packet.timestamp)
+        .where(Packet.state == "pending")
+        .group_by(Packet.spacecraft_id, Packet.kind, Packet.timestamp)
     )
     hours = set()
-    for spacecraft_id, timestamp, last_attempt, never_attempted, first_received in rows:
+    for spacecraft_id, kind, timestamp, last_attempt, never_attempted, first_received in rows:
         camera = CAMERA_BY_SPACECRAFT_ID.get(spacecraft_id)
-        deadline = first_received + wait
-        if camera is not None and (never_attempted or (last_attempt < deadline <= now)):
+        expired = kind == "image" and last_attempt is not None and last_attempt < first_received + wait <= now
+        if camera is not None and (never_attempted or expired):
             hours.add((camera.obs, hour_of(timestamp)))
     return hours
 
@@ -177,8 +181,13 @@ def telemetry_events(scan: LandingScan) -> list[dg.AssetMaterialization]:
                 dg.AssetMaterialization(
                     asset_key=telemetry_key(CAMERA_BY_OBS[obs]),
                     description=f"downlink {result.name} registered",
-                    metadata={"file": result.name, "state": result.state, "reason": result.reason or "",
-                              "packets": result.n_packets, "skipped_packets": result.skipped_packets},
+                    metadata={
+                        "file": result.name,
+                        "state": result.state,
+                        "reason": result.reason or "",
+                        "packets": result.n_packets,
+                        "skipped_packets": result.skipped_packets,
+                    },
                 )
             )
     return events
@@ -202,8 +211,10 @@ def build_landing_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
         scan = scan_landing(catalog, pipeline.config)
         for result in scan.ingested:
             log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
-            log(f"{result.name}: {result.state} ({result.n_packets} packets)"
-                f"{': ' + result.reason if result.reason else ''}")
+            log(
+                f"{result.name}: {result.state} ({result.n_packets} packets)"
+                f"{': ' + result.reason if result.reason else ''}"
+            )
         cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
         return dg.SensorResult(
             run_requests=[run_request_for(request, scan.run_key) for request in scan.requests],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +27,7 @@ class IngestResult:
     reason: str | None = None
     n_packets: int = 0
     skipped_packets: int = 0
-    # observatory -> hours (naive UTC, truncated) whose products the new packets touch
-    touched_hours: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
-    cameras: set[str] = field(default_factory=set)
+    cameras: set[str] = field(default_factory=set)  # observatories with new packets
 
 
 def hour_of(when: datetime) -> datetime:
@@ -95,7 +92,7 @@ def register_telemetry_file(
             definition = packet_set.by_apid[apid]
             group = [p for p in framed.packets if p.apid == apid]
             decoded = decode_packets(definition, [data[p.offset : p.offset + p.length] for p in group])
-            for packet, scid, when in zip(group, decoded[f"{definition.name}_HDR_SCID"], decoded["timestamp"]):
+            for packet, scid, when in zip(group, decoded[f"{definition.name}_HDR_SCID"], decoded["timestamp"], strict=True):
                 rows.append(
                     {
                         "index_in_file": packet.index,
@@ -137,7 +134,6 @@ def register_telemetry_file(
         if camera is None:
             row["state"], row["reason"] = "skipped", f"unknown spacecraft id 0x{row['spacecraft_id']:02x}"
         elif row["state"] == "pending":
-            result.touched_hours[camera.obs].add(hour_of(row["timestamp"]))
             result.cameras.add(camera.obs)
         result.skipped_packets += row["state"] == "skipped"
     rows.sort(key=lambda row: row["index_in_file"])

@@ -106,10 +106,7 @@ def load_packet_set(folder: str | Path | None = None) -> PacketSet:
         for row in csv.DictReader(handle):
             csv_path = folder / f"{row['name']}.csv"
             with open(csv_path, newline="") as packet_handle:
-                fields = tuple(
-                    (r["name"], r["data_type"], int(r["bit_length"]))
-                    for r in csv.DictReader(packet_handle)
-                )
+                fields = tuple((r["name"], r["data_type"], int(r["bit_length"])) for r in csv.DictReader(packet_handle))
             definition = PacketDefinition(row["name"], int(row["apid"], 0), row["kind"], fields)
             object.__setattr__(definition, "csv_path", csv_path)
             by_apid[definition.apid] = definition

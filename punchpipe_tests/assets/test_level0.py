@@ -81,8 +81,17 @@ def test_telemetry_becomes_level0_with_lineage(config, catalog, instance, tmp_pa
 
 def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog, instance, tmp_path):
     config.level0.replay_wait_hours = 24.0
-    report = simulate(SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=2, gap_fraction=0.05, packet_payload_bytes=1024,
-                      replay=True, replay_duplicate_fraction=0.05)
+    report = simulate(
+        SIMULATION_START,
+        0.25,
+        tmp_path / "sim",
+        size=SIZE,
+        seed=2,
+        gap_fraction=0.05,
+        packet_payload_bytes=1024,
+        replay=True,
+        replay_duplicate_fraction=0.05,
+    )
     regular = [f for f in report.files if not f.name.endswith("_replay.tlm")]
     replays = [f for f in report.files if f.name.endswith("_replay.tlm")]
     assert report.dropped_packets > 0 and replays
@@ -92,7 +101,9 @@ def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog,
     with catalog.session() as session:
         waiting = session.scalars(select(Packet).where(Packet.kind == "image", Packet.state == "pending")).all()
         assert waiting and all(p.reason.startswith("waiting for replay") for p in waiting)
-        made_before = {p.path: (p.sha256, Path(p.path).stat().st_mtime_ns) for p in session.scalars(select(ProductFile))}
+        made_before = {
+            p.path: (p.sha256, Path(p.path).stat().st_mtime_ns) for p in session.scalars(select(ProductFile))
+        }
     assert len(made_before) < len(report.images)
 
     land(replays, config)
@@ -115,8 +126,9 @@ def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog,
 
 
 def test_missing_packets_after_wait_are_flagged_not_lost(config, catalog, instance, tmp_path):
-    report = simulate(SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=3, gap_fraction=0.05,
-                      packet_payload_bytes=1024)
+    report = simulate(
+        SIMULATION_START, 0.25, tmp_path / "sim", size=SIZE, seed=3, gap_fraction=0.05, packet_payload_bytes=1024
+    )
     land(report.files, config)
     run_process(config, instance, show_progress=False)  # replay wait 0: give up at once
 
@@ -124,7 +136,8 @@ def test_missing_packets_after_wait_are_flagged_not_lost(config, catalog, instan
         total = session.scalar(select(func.count()).select_from(Packet))
         accounted = session.scalar(
             select(func.count()).where(
-                (Packet.state == "used") | ((Packet.state == "skipped") & Packet.reason.is_not(None))
+                (Packet.state == "used")
+                | ((Packet.state == "skipped") & Packet.reason.is_not(None))
                 | (Packet.kind != "image")
             )
         )

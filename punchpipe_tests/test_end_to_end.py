@@ -1,0 +1,490 @@
+"""End to end with real processes: dagster-daemon and dagster-webserver on PostgreSQL storage.
+
+Telemetry dropped into the landing folder is registered by the landing sensor (running in the
+daemon), which launches the Level 0 runs; everything is then checked through the webserver's
+GraphQL API, as the UI sees it. Finally a backfill of two cameras is launched through GraphQL and
+must leave every product untouched (incremental formation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from punchpipe_assets.cameras import CAMERAS
+from punchpipe_assets.simulate import simulate
+from punchpipe_tests.conftest import SIMULATION_START, create_postgres_database, drop_postgres_database
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PARTITION = "2025-08-01-12:00"
+SENSOR_NAME = "telemetry_landing_sensor"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+BACKFILL_TAG = "dagster/backfill"
+SIZE = 128
+STARTUP_TIMEOUT = 120.0
+SENSOR_RUNS_TIMEOUT = 360.0
+BACKFILL_TIMEOUT = 300.0
+POLL_SECONDS = 2.0
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+MATERIALIZATIONS_QUERY = """
+query Materializations($assetKey: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $assetKey) {
+    __typename
+    ... on Asset {
+      assetMaterializations(partitions: $partitions) {
+        runId
+        partition
+        timestamp
+        metadataEntries {
+          __typename
+          label
+          ... on IntMetadataEntry { intRepr }
+          ... on JsonMetadataEntry { jsonString }
+          ... on TextMetadataEntry { text }
+        }
+      }
+    }
+  }
+}
+"""
+
+RUN_QUERY = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status jobName tags { key value } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUNS_QUERY = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+WORKSPACE_QUERY = """
+query Workspace {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } }
+      }
+    }
+    ... on PythonError { message }
+  }
+}
+"""
+
+LAUNCH_BACKFILL_MUTATION = """
+mutation LaunchBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { stack }
+  }
+}
+"""
+
+BACKFILL_QUERY = """
+query Backfill($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    __typename
+    ... on PartitionBackfill {
+      id
+      status
+      partitionNames
+      error { message }
+      runs { runId status tags { key value } }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GraphQL:
+    """A minimal client of the webserver's GraphQL endpoint."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/graphql"
+        self.session = requests.Session()
+
+    def __call__(self, query: str, **variables: Any) -> dict:
+        response = self.session.post(self.url, json={"query": query, "variables": variables}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        assert not body.get("errors"), f"GraphQL errors: {body['errors']}"
+        return body["data"]
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float, check: Callable[[], None] | None = None) -> Any:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    ``check`` runs before each attempt and should raise if waiting is pointless (a process died).
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        if check is not None:
+            check()
+        try:
+            result = probe()
+            if result:
+                return result
+        except (requests.RequestException, AssertionError) as error:  # not ready yet
+            last_error = error
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last error: {last_error!r}")
+        time.sleep(POLL_SECONDS)
+
+
+@contextmanager
+def dagster_process(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Popen]:
+    """Run a Dagster command in its own process group; terminate the group (children too) on exit."""
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    process.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        yield process
+    finally:
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group of ``process``, then SIGKILL whatever is left of it."""
+    pgid = process.pid  # start_new_session: the process leads its own group
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    # Children (code servers, run workers) may outlive the leader: kill the rest of the group.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def ensure_alive(*processes: subprocess.Popen) -> Callable[[], None]:
+    """A check that fails as soon as one of the processes has exited."""
+
+    def check() -> None:
+        for process in processes:
+            code = process.poll()
+            if code is not None:
+                pytest.fail(f"{' '.join(map(str, process.args[:2]))} exited with code {code}")
+
+    return check
+
+
+def print_logs(log_dir: Path, tail_chars: int = 30000) -> None:
+    """Print the end of each process log (shown by pytest when the test fails)."""
+    for path in sorted(log_dir.glob("*.log")):
+        text = path.read_text(errors="replace")
+        print(f"\n===== {path.name} ({len(text)} chars, last {tail_chars}) =====\n{text[-tail_chars:]}")
+
+
+def metadata(materialization: dict) -> dict[str, Any]:
+    """The metadata entries of a materialization as plain Python values."""
+    values: dict[str, Any] = {}
+    for entry in materialization["metadataEntries"]:
+        if "intRepr" in entry:
+            values[entry["label"]] = int(entry["intRepr"])
+        elif "jsonString" in entry:
+            values[entry["label"]] = json.loads(entry["jsonString"])
+        elif "text" in entry:
+            values[entry["label"]] = entry["text"]
+    return values
+
+
+def materializations(gql: GraphQL, asset: str, partition: str | None = None) -> list[dict]:
+    """The materializations of an asset (one partition if given), newest first."""
+    variables: dict[str, Any] = {"assetKey": {"path": [asset]}}
+    if partition is not None:
+        variables["partitions"] = [partition]
+    result = gql(MATERIALIZATIONS_QUERY, **variables)["assetOrError"]
+    if result["__typename"] != "Asset":  # AssetNotFoundError until the first event
+        return []
+    return sorted(result["assetMaterializations"], key=lambda m: float(m["timestamp"]), reverse=True)
+
+
+def run(gql: GraphQL, run_id: str) -> dict:
+    """One run: status and tags (as a dict)."""
+    result = gql(RUN_QUERY, runId=run_id)["runOrError"]
+    assert result["__typename"] == "Run", result
+    return {**result, "tags": {tag["key"]: tag["value"] for tag in result["tags"]}}
+
+
+def land(files: list[Path], landing: Path) -> None:
+    """Drop downlinks into the landing folder as a ground station would: written aside, then renamed."""
+    landing.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for path in files:
+        part = landing / f".{path.name}.part"
+        shutil.copyfile(path, part)
+        staged.append((part, landing / path.name))
+    for part, target in staged:
+        os.replace(part, target)
+
+
+def runs_summary(gql: GraphQL) -> str:
+    """All runs with status and instigating tags, for failure messages."""
+    try:
+        result = gql(RUNS_QUERY, filter={})["runsOrError"]
+        return json.dumps(result, indent=1)
+    except Exception as error:  # noqa: BLE001 - diagnostics only
+        return f"(runs unavailable: {error!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# The test
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def databases() -> Iterator[tuple[str, str]]:
+    """Two fresh PostgreSQL databases: Dagster storage and file catalog."""
+    storage_url = create_postgres_database()
+    try:
+        catalog_url = create_postgres_database()
+        try:
+            yield storage_url, catalog_url
+        finally:
+            drop_postgres_database(catalog_url)
+    finally:
+        drop_postgres_database(storage_url)
+
+
+@pytest.fixture
+def installation(tmp_path: Path, databases: tuple[str, str]) -> dict[str, Any]:
+    """Folders, configuration and process environment of a production-like installation."""
+    storage_url, catalog_url = databases
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    home = tmp_path / "punchpipe_home"
+    home.mkdir()
+    config_path = tmp_path / "punchpipe.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "catalog_url": catalog_url,
+        "sensor": {"settle_seconds": 1, "interval_seconds": 5},
+        "level0": {"replay_wait_hours": 0},
+    }))
+    (tmp_path / "prefect").mkdir()
+    (tmp_path / "logs").mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "DAGSTER_PG_URL": storage_url,
+        "PUNCHPIPE_HOME": str(home),
+        "PUNCHPIPE_CONFIG": str(config_path),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PUNCHPIPE_CATALOG_URL", None)  # the config file names the catalog
+    return {"env": env, "home": home, "logs": tmp_path / "logs", "tmp": tmp_path, "dagster_home": dagster_home}
+
+
+def initialize_storage(env: dict[str, str]) -> None:
+    """Create the Dagster schema once, so that daemon and webserver do not race to create it."""
+    code = (
+        "import dagster as dg\n"
+        "instance = dg.DagsterInstance.get()\n"
+        "instance.get_runs(limit=1)\n"
+        "instance.dispose()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
+
+
+def test_landing_to_level0_through_daemon_and_webserver(installation):
+    env, home, log_dir = installation["env"], installation["home"], installation["logs"]
+    workspace = str(REPO / "workspace.yaml")
+    port = free_port()
+    started = time.monotonic()
+
+    initialize_storage(env)
+    try:
+        with (
+            dagster_process("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env, log_dir) as daemon,
+            dagster_process(
+                "webserver",
+                [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
+                env, log_dir,
+            ) as webserver,
+        ):
+            alive = ensure_alive(daemon, webserver)
+            gql = GraphQL(port)
+            check_workspace_loads(gql, alive)
+            print(f"webserver and code location up after {time.monotonic() - started:.1f} s")
+
+            report = simulate(SIMULATION_START, 0.25, installation["tmp"] / "sim", size=SIZE, seed=11)
+            telemetry = {path.name for path in report.files}
+            land(report.files, home / "landing")
+
+            first = check_sensor_runs(gql, alive, telemetry)
+            print(f"sensor runs done after {time.monotonic() - started:.1f} s")
+            check_backfill_is_incremental(gql, alive, first)
+            print(f"backfill done after {time.monotonic() - started:.1f} s")
+    except BaseException:
+        print_logs(log_dir)
+        raise
+
+
+def check_workspace_loads(gql: GraphQL, alive: Callable[[], None]) -> None:
+    """The webserver answers GraphQL and has loaded the code location without error."""
+
+    def loaded() -> bool:
+        result = gql(WORKSPACE_QUERY)["workspaceOrError"]
+        assert result["__typename"] == "Workspace", result
+        entries = result["locationEntries"]
+        if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+            return False
+        errors = [e for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+        if errors:
+            pytest.fail(f"code location failed to load: {errors}")
+        return True
+
+    wait_for("the webserver and its code location", loaded, STARTUP_TIMEOUT, alive)
+
+
+def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[str]) -> dict[str, list[dict]]:
+    """Wait for Level 0 of every camera, launched by the sensor; check metadata, outputs and runs.
+
+    Returns the materializations of the partition per asset (newest first).
+    """
+    level0_assets = [f"level0_{camera.slug}" for camera in CAMERAS]
+
+    def all_materialized() -> dict[str, list[dict]] | None:
+        found = {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
+        return found if all(found.values()) else None
+
+    try:
+        found = wait_for(f"Level 0 materializations of {PARTITION}", all_materialized, SENSOR_RUNS_TIMEOUT, alive)
+    except BaseException:
+        print("runs:", runs_summary(gql))
+        raise
+
+    for camera in CAMERAS:
+        asset = f"level0_{camera.slug}"
+        tlm_name = f"PUNCH_TLM_{camera.obs}_{SIMULATION_START:%Y%m%d%H%M%S}.tlm"
+        assert tlm_name in telemetry
+        events = found[asset]
+        assert all(m["partition"] == PARTITION for m in events)
+        values = [metadata(m) for m in events]
+        # The sensor may (rarely) request a partition twice; then the later run finds it unchanged.
+        assert sum(v["frames_made"] for v in values) > 0, (asset, values)
+        for value in values:
+            assert value["frames_skipped"] == 0 and value["frames_waiting"] == 0, (asset, value)
+            assert value["input_telemetry_files"] == [tlm_name], (asset, value)
+            outputs = value["outputs"]
+            assert len(outputs) == value["frames_made"] + value["frames_unchanged"], (asset, value)
+            for output in outputs:
+                assert SHA256.match(output["sha256"]), output
+                assert Path(output["path"]).is_file(), output
+                assert Path(output["path"]).name.startswith("PUNCH_L0_") and camera.obs in Path(output["path"]).name
+        for run_id in {m["runId"] for m in events}:
+            info = run(gql, run_id)
+            assert info["status"] == "SUCCESS", info
+            assert info["tags"].get(SENSOR_NAME_TAG) == SENSOR_NAME, info
+
+        # The sensor reported the downlink as a materialization of the telemetry external asset.
+        reported = materializations(gql, f"telemetry_{camera.slug}")
+        assert reported, f"no materialization of telemetry_{camera.slug}"
+        assert tlm_name in {metadata(m).get("file") for m in reported}, [metadata(m) for m in reported]
+    return found
+
+
+def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], before: dict[str, list[dict]]) -> None:
+    """A backfill of two cameras, launched as the UI does, rewrites nothing."""
+    assets = ["level0_wfi1", "level0_nfi4"]
+    launched = gql(
+        LAUNCH_BACKFILL_MUTATION,
+        backfillParams={"partitionNames": [PARTITION], "assetSelection": [{"path": [a]} for a in assets]},
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    terminal = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+    def finished() -> dict | None:
+        backfill = gql(BACKFILL_QUERY, backfillId=backfill_id)["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        return backfill if backfill["status"] in terminal else None
+
+    try:
+        backfill = wait_for(f"backfill {backfill_id}", finished, BACKFILL_TIMEOUT, alive)
+    except BaseException:
+        print("runs:", runs_summary(gql))
+        raise
+    assert backfill["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), backfill
+    assert backfill["error"] is None, backfill
+    assert backfill["partitionNames"] == [PARTITION]
+    assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill
+    backfill_runs = {r["runId"] for r in backfill["runs"]}
+
+    for asset in assets:
+        earlier = before[asset]
+        earlier_ids = {m["runId"] for m in earlier}
+        new = [m for m in materializations(gql, asset, PARTITION) if m["runId"] not in earlier_ids]
+        assert len(new) == 1 and new[0]["runId"] in backfill_runs, (asset, new)
+        assert run(gql, new[0]["runId"])["tags"].get(BACKFILL_TAG) == backfill_id
+        value = metadata(new[0])
+        made_before = sum(metadata(m)["frames_made"] for m in earlier)
+        assert value["frames_made"] == 0, (asset, value)
+        assert value["frames_unchanged"] == made_before, (asset, value, made_before)
+        # Same files, same content: the newest earlier outputs are reported unchanged.
+        previous = {(o["path"], o["sha256"]) for o in metadata(earlier[0])["outputs"]}
+        assert {(o["path"], o["sha256"]) for o in value["outputs"]} == previous
+        assert all(o["status"] == "unchanged" for o in value["outputs"])
