@@ -206,17 +206,15 @@ class Level0Former:
                 outcome.images.append(self.form_image(camera, acquisition_time, image_packets, partition_key))
         finally:
             self.reader.close()
-        # Every packet of the window has now been looked at: the sensor stops requesting it.
+        in_window = (Packet.spacecraft_id == camera.spacecraft_id, Packet.timestamp >= start, Packet.timestamp < end)
+        # Engineering packets no image of the window needed are accounted for (a later image may still use them).
         self.session.execute(
             update(Packet)
-            .where(
-                Packet.spacecraft_id == camera.spacecraft_id,
-                Packet.timestamp >= start,
-                Packet.timestamp < end,
-                Packet.last_attempt.is_(None),
-            )
-            .values(last_attempt=self.now)
+            .where(*in_window, Packet.kind != "image", Packet.state == "pending")
+            .values(state="skipped", reason="not the nearest engineering packet of any image so far")
         )
+        # Every packet of the window has now been looked at: the sensor stops requesting it.
+        self.session.execute(update(Packet).where(*in_window, Packet.last_attempt.is_(None)).values(last_attempt=self.now))
         return outcome
 
     def form_image(
@@ -326,7 +324,7 @@ class Level0Former:
         for packet in ordered:
             packet.state, packet.reason, packet.last_attempt = "used", None, self.now
         for packet in engineering:
-            packet.state = "used"
+            packet.state, packet.reason = "used", None
         outcome.status, outcome.path, outcome.sha256, outcome.file_type = "made", str(path), sha256, file_type
         outcome.flags = flags
         return outcome

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,11 @@ SENSOR_NAME_TAG = "dagster/sensor_name"
 BACKFILL_TAG = "dagster/backfill"
 SIZE = 128
 STARTUP_TIMEOUT = 120.0
-SENSOR_RUNS_TIMEOUT = 360.0
+SENSOR_RUNS_TIMEOUT = 900.0
 BACKFILL_TIMEOUT = 300.0
 POLL_SECONDS = 2.0
+SENSOR_INTERVAL = 5
+FINISHED_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 MATERIALIZATIONS_QUERY = """
@@ -319,7 +322,7 @@ def installation(tmp_path: Path, databases: tuple[str, str]) -> dict[str, Any]:
     config_path = tmp_path / "punchpipe.yaml"
     config_path.write_text(yaml.safe_dump({
         "catalog_url": catalog_url,
-        "sensor": {"settle_seconds": 1, "interval_seconds": 5},
+        "sensor": {"settle_seconds": 1, "interval_seconds": SENSOR_INTERVAL},
         "level0": {"replay_wait_hours": 0},
     }))
     (tmp_path / "prefect").mkdir()
@@ -399,23 +402,46 @@ def check_workspace_loads(gql: GraphQL, alive: Callable[[], None]) -> None:
     wait_for("the webserver and its code location", loaded, STARTUP_TIMEOUT, alive)
 
 
+def sensor_runs(gql: GraphQL) -> list[dict]:
+    """Every run launched by the landing sensor, with tags as a dict."""
+    result = gql(RUNS_QUERY, filter={"tags": [{"key": SENSOR_NAME_TAG, "value": SENSOR_NAME}]})["runsOrError"]
+    assert result["__typename"] == "Runs", result
+    return [{**r, "tags": {t["key"]: t["value"] for t in r["tags"]}} for r in result["results"]]
+
+
 def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[str]) -> dict[str, list[dict]]:
     """Wait for Level 0 of every camera, launched by the sensor; check metadata, outputs and runs.
 
-    Returns the materializations of the partition per asset (newest first).
+    Waits until every camera has a materialization of the partition and the sensor's runs have all
+    finished, with no new run requested for longer than a sensor interval. Returns the
+    materializations of the partition per asset (newest first).
     """
     level0_assets = [f"level0_{camera.slug}" for camera in CAMERAS]
+    quiet_since: dict[str, Any] = {}
 
-    def all_materialized() -> dict[str, list[dict]] | None:
+    def settled() -> dict[str, list[dict]] | None:
         found = {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
-        return found if all(found.values()) else None
+        runs = sensor_runs(gql)
+        state = sorted((r["runId"], r["status"]) for r in runs)
+        if not all(found.values()) or not runs or any(r["status"] not in FINISHED_RUN_STATUSES for r in runs):
+            quiet_since.clear()
+            return None
+        if quiet_since.get("state") != state:
+            quiet_since.update(state=state, since=time.monotonic())
+            return None
+        # Finished, and nothing new for longer than the sensor interval: the sensor has gone quiet.
+        if time.monotonic() - quiet_since["since"] < SENSOR_INTERVAL + 3:
+            return None
+        return {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
 
     try:
-        found = wait_for(f"Level 0 materializations of {PARTITION}", all_materialized, SENSOR_RUNS_TIMEOUT, alive)
+        found = wait_for(f"the sensor's Level 0 runs of {PARTITION}", settled, SENSOR_RUNS_TIMEOUT, alive)
     except BaseException:
         print("runs:", runs_summary(gql))
         raise
 
+    runs = sensor_runs(gql)
+    assert all(r["status"] == "SUCCESS" for r in runs), runs
     for camera in CAMERAS:
         asset = f"level0_{camera.slug}"
         tlm_name = f"PUNCH_TLM_{camera.obs}_{SIMULATION_START:%Y%m%d%H%M%S}.tlm"
@@ -423,7 +449,6 @@ def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[st
         events = found[asset]
         assert all(m["partition"] == PARTITION for m in events)
         values = [metadata(m) for m in events]
-        # The sensor may (rarely) request a partition twice; then the later run finds it unchanged.
         assert sum(v["frames_made"] for v in values) > 0, (asset, values)
         for value in values:
             assert value["frames_skipped"] == 0 and value["frames_waiting"] == 0, (asset, value)
@@ -433,11 +458,17 @@ def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[st
             for output in outputs:
                 assert SHA256.match(output["sha256"]), output
                 assert Path(output["path"]).is_file(), output
-                assert Path(output["path"]).name.startswith("PUNCH_L0_") and camera.obs in Path(output["path"]).name
+                assert Path(output["path"]).name.startswith(f"PUNCH_L0_{output['product']}{camera.obs}_"), output
         for run_id in {m["runId"] for m in events}:
             info = run(gql, run_id)
             assert info["status"] == "SUCCESS", info
             assert info["tags"].get(SENSOR_NAME_TAG) == SENSOR_NAME, info
+        if len(events) > 1:
+            warnings.warn(
+                f"{asset} {PARTITION} was materialized by {len(events)} sensor runs "
+                f"(frames_made {[v['frames_made'] for v in values]}): the sensor re-requested work in progress",
+                stacklevel=1,
+            )
 
         # The sensor reported the downlink as a materialization of the telemetry external asset.
         reported = materializations(gql, f"telemetry_{camera.slug}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -72,12 +73,16 @@ class ArchiveResource(dg.ConfigurableResource):
 
     def write_cube(self, cube, path: Path) -> str:
         """Write a PUNCHCube atomically and return its SHA-256."""
+        from astropy.io.fits.verify import VerifyWarning
         from punchbowl.data import write_ndcube_to_fits
 
-        write_atomically(
-            path,
-            lambda temporary: write_ndcube_to_fits(
-                cube, str(temporary), overwrite=True, write_hash=False, skip_stats=True
-            ),
-        )
+        with warnings.catch_warnings():
+            # punchbowl's long header comments are truncated by astropy; nothing is lost but the comment.
+            warnings.simplefilter("ignore", VerifyWarning)
+            write_atomically(
+                path,
+                lambda temporary: write_ndcube_to_fits(
+                    cube, str(temporary), overwrite=True, write_hash=False, skip_stats=True
+                ),
+            )
         return sha256_of(path)

@@ -1,0 +1,37 @@
+"""Configuration: defaults that work, validation that names the problem."""
+
+import pydantic
+import pytest
+
+from punchpipe_assets.config import load_config
+
+
+def test_defaults_live_under_one_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("PUNCHPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PUNCHPIPE_CONFIG", raising=False)
+    monkeypatch.delenv("PUNCHPIPE_CATALOG_URL", raising=False)
+    config = load_config()
+    home = tmp_path / "home"
+    assert config.landing_dir == home / "landing" and config.archive_dir == home / "archive"
+    assert config.quarantine_dir == home / "quarantine" and config.dagster_home == home / "dagster"
+    assert config.catalog_url == f"sqlite:///{home / 'catalog.sqlite'}"
+
+
+def test_yaml_file_and_environment(tmp_path, monkeypatch):
+    path = tmp_path / "punchpipe.yaml"
+    path.write_text(f"home: {tmp_path}\nlevel0:\n  replay_wait_hours: 6\n")
+    monkeypatch.setenv("PUNCHPIPE_CATALOG_URL", "postgresql+psycopg2://pipeline@127.0.0.1/catalog")
+    config = load_config(path)
+    assert config.level0.replay_wait_hours == 6
+    assert config.catalog_url.startswith("postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("level0:\n  replay_wait_hours: -1\n", "replay_wait_hours"), ("sensor:\n  settle: 3\n", "settle")],
+)
+def test_invalid_configuration_names_the_field(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(pydantic.ValidationError, match=field):
+        load_config(path)
