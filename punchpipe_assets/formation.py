@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from punchpipe_assets.cameras import Camera
@@ -187,9 +187,12 @@ class Level0Former:
     ) -> PartitionOutcome:
         """Form every image of a camera acquired in ``[start, end)``."""
         outcome = PartitionOutcome(camera, start, end)
+        # Packets registered while this window is formed are left for the next request.
+        high_water = self.session.scalar(select(func.max(Packet.id))) or 0
         packets = self.session.scalars(
             select(Packet)
             .where(
+                Packet.id <= high_water,
                 Packet.kind == "image",
                 Packet.spacecraft_id == camera.spacecraft_id,
                 Packet.timestamp >= start,
@@ -206,7 +209,12 @@ class Level0Former:
                 outcome.images.append(self.form_image(camera, acquisition_time, image_packets, partition_key))
         finally:
             self.reader.close()
-        in_window = (Packet.spacecraft_id == camera.spacecraft_id, Packet.timestamp >= start, Packet.timestamp < end)
+        in_window = (
+            Packet.spacecraft_id == camera.spacecraft_id,
+            Packet.timestamp >= start,
+            Packet.timestamp < end,
+            Packet.id <= high_water,
+        )
         # Engineering packets no image of the window needed are accounted for (a later image may still use them).
         self.session.execute(
             update(Packet)
@@ -214,7 +222,9 @@ class Level0Former:
             .values(state="skipped", reason="not the nearest engineering packet of any image so far")
         )
         # Every packet of the window has now been looked at: the sensor stops requesting it.
-        self.session.execute(update(Packet).where(*in_window, Packet.last_attempt.is_(None)).values(last_attempt=self.now))
+        self.session.execute(
+            update(Packet).where(*in_window, Packet.last_attempt.is_(None)).values(last_attempt=self.now)
+        )
         return outcome
 
     def form_image(

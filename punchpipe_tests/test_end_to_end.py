@@ -41,7 +41,7 @@ SENSOR_NAME_TAG = "dagster/sensor_name"
 BACKFILL_TAG = "dagster/backfill"
 SIZE = 128
 STARTUP_TIMEOUT = 120.0
-SENSOR_RUNS_TIMEOUT = 900.0
+SENSOR_RUNS_TIMEOUT = 360.0
 BACKFILL_TIMEOUT = 300.0
 POLL_SECONDS = 2.0
 SENSOR_INTERVAL = 5
@@ -140,7 +140,7 @@ query Backfill($backfillId: String!) {
 
 
 def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
+    """Return a TCP port free on the loopback interface right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -154,6 +154,7 @@ class GraphQL:
         self.session = requests.Session()
 
     def __call__(self, query: str, **variables: Any) -> dict:
+        """Run a query or mutation; return its data, failing on GraphQL errors."""
         response = self.session.post(self.url, json={"query": query, "variables": variables}, timeout=60)
         response.raise_for_status()
         body = response.json()
@@ -221,7 +222,7 @@ def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 def ensure_alive(*processes: subprocess.Popen) -> Callable[[], None]:
-    """A check that fails as soon as one of the processes has exited."""
+    """Return a check that fails as soon as one of the processes has exited."""
 
     def check() -> None:
         for process in processes:
@@ -240,7 +241,7 @@ def print_logs(log_dir: Path, tail_chars: int = 30000) -> None:
 
 
 def metadata(materialization: dict) -> dict[str, Any]:
-    """The metadata entries of a materialization as plain Python values."""
+    """Return the metadata entries of a materialization as plain Python values."""
     values: dict[str, Any] = {}
     for entry in materialization["metadataEntries"]:
         if "intRepr" in entry:
@@ -253,7 +254,7 @@ def metadata(materialization: dict) -> dict[str, Any]:
 
 
 def materializations(gql: GraphQL, asset: str, partition: str | None = None) -> list[dict]:
-    """The materializations of an asset (one partition if given), newest first."""
+    """Return the materializations of an asset (one partition if given), newest first."""
     variables: dict[str, Any] = {"assetKey": {"path": [asset]}}
     if partition is not None:
         variables["partitions"] = [partition]
@@ -352,6 +353,7 @@ def initialize_storage(env: dict[str, str]) -> None:
 
 
 def test_landing_to_level0_through_daemon_and_webserver(installation):
+    """Downlinks in, Level 0 out: sensor, daemon, runs, webserver, backfill, all as separate processes."""
     env, home, log_dir = installation["env"], installation["home"], installation["logs"]
     workspace = str(REPO / "workspace.yaml")
     port = free_port()
@@ -386,7 +388,7 @@ def test_landing_to_level0_through_daemon_and_webserver(installation):
 
 
 def check_workspace_loads(gql: GraphQL, alive: Callable[[], None]) -> None:
-    """The webserver answers GraphQL and has loaded the code location without error."""
+    """Wait until the webserver answers GraphQL and has loaded the code location without error."""
 
     def loaded() -> bool:
         result = gql(WORKSPACE_QUERY)["workspaceOrError"]
@@ -478,7 +480,7 @@ def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[st
 
 
 def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], before: dict[str, list[dict]]) -> None:
-    """A backfill of two cameras, launched as the UI does, rewrites nothing."""
+    """Launch a backfill of two cameras as the UI does; check that it completes and rewrites nothing."""
     assets = ["level0_wfi1", "level0_nfi4"]
     launched = gql(
         LAUNCH_BACKFILL_MUTATION,

@@ -73,7 +73,12 @@ def new_landing_files(config: PipelineConfig, known: set[str], now: float) -> tu
     return [Path(config.landing_dir) / name for _, name in sorted(settled)], unsettled
 
 
-def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: int | None = None) -> LandingScan:
+def scan_landing(
+    catalog: CatalogResource,
+    config: PipelineConfig,
+    max_files: int | None = None,
+    busy: set[tuple[str, datetime]] = frozenset(),
+) -> LandingScan:
     """Register new downlinks and work out which Level 0 partitions need to run.
 
     The catalog, not the cursor, decides what is new and what is requested, so a restart neither
@@ -89,6 +94,9 @@ def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: in
         The configuration.
     max_files
         At most this many files are registered (default: the sensor setting).
+    busy
+        (observatory, hour) pairs that a queued or running run already covers: not requested again
+        (packets that arrive while it runs stay unattempted and are requested after it).
 
     Returns
     -------
@@ -110,7 +118,7 @@ def scan_landing(catalog: CatalogResource, config: PipelineConfig, max_files: in
             scan.ingested.append(result)
     touched: dict[datetime, set[str]] = defaultdict(set)
     with catalog.session() as session:
-        for obs, hour in _hours_needing_attempts(session, config):
+        for obs, hour in _hours_needing_attempts(session, config) - set(busy):
             touched[hour].add(obs)
         high_water = session.scalar(select(func.max(Packet.id))) or 0
     scan.requests = _blocks(touched)
@@ -143,6 +151,29 @@ def _hours_needing_attempts(session, config: PipelineConfig) -> set[tuple[str, d
         if camera is not None and (never_attempted or expired):
             hours.add((camera.obs, hour_of(timestamp)))
     return hours
+
+
+def level0_work_in_progress(instance: dg.DagsterInstance) -> set[tuple[str, datetime]]:
+    """(observatory, hour) pairs covered by queued or running Level 0 runs (sensor runs and backfills)."""
+    statuses = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    obs_by_key = {level0_key(camera): camera.obs for camera in CAMERA_BY_OBS.values()}
+    busy = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=statuses)):
+        observatories = [obs_by_key[key] for key in run.asset_selection or obs_by_key if key in obs_by_key]
+        first = run.tags.get("dagster/asset_partition_range_start") or run.tags.get("dagster/partition")
+        last = run.tags.get("dagster/asset_partition_range_end") or first
+        if not first or not observatories:
+            continue
+        hour, end = datetime.strptime(first, PARTITION_FORMAT), datetime.strptime(last, PARTITION_FORMAT)
+        while hour <= end:
+            busy.update((obs, hour) for obs in observatories)
+            hour += timedelta(hours=1)
+    return busy
 
 
 def _blocks(touched: dict[datetime, set[str]]) -> list[Level0Request]:
@@ -208,7 +239,7 @@ def build_landing_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, catalog: CatalogResource, pipeline: PipelineResource
     ) -> dg.SensorResult:
         """Register new telemetry and request Level 0 work."""
-        scan = scan_landing(catalog, pipeline.config)
+        scan = scan_landing(catalog, pipeline.config, busy=level0_work_in_progress(context.instance))
         for result in scan.ingested:
             log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
             log(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from punchpipe_assets.definitions import build_definitions
 from punchpipe_assets.resources import build_resources
 from punchpipe_assets.resources.catalog import Packet, TelemetryFile
-from punchpipe_assets.sensors.landing import scan_landing
+from punchpipe_assets.sensors.landing import level0_work_in_progress, scan_landing
 from punchpipe_assets.simulate import simulate
 from punchpipe_assets.telemetry import frame_packets, load_packet_set
 from punchpipe_tests.conftest import SIMULATION_START
@@ -165,3 +166,25 @@ def test_sensor_through_dagster_requests_runs_and_reports_telemetry(config, inst
     assert request.tags["dagster/asset_partition_range_start"] == "2025-08-01-11:00"
     assert request.tags["dagster/asset_partition_range_end"] == "2025-08-01-12:00"
     assert {event.asset_key.to_user_string() for event in result.asset_events} == {"telemetry_wfi1", "telemetry_nfi4"}
+
+
+def test_work_already_queued_or_running_is_not_requested_again(config, catalog, instance, downlinks):
+    land(config, downlinks["files"]["PUNCH_TLM_1_20250801120000.tlm"])
+    land(config, downlinks["files"]["PUNCH_TLM_2_20250801120000.tlm"])
+    running = dg.DagsterRun(
+        job_name="level0_job",
+        run_id="0" * 8 + "-0000-0000-0000-" + "0" * 12,
+        status=dg.DagsterRunStatus.STARTED,
+        asset_selection=frozenset({dg.AssetKey("level0_wfi1")}),
+        tags={
+            "dagster/asset_partition_range_start": "2025-08-01-11:00",
+            "dagster/asset_partition_range_end": "2025-08-01-12:00",
+        },
+    )
+    instance.add_run(running)
+    busy = level0_work_in_progress(instance)
+    assert busy == {("1", datetime(2025, 8, 1, 11)), ("1", datetime(2025, 8, 1, 12))}
+    scan = scan_landing(catalog, config, busy=busy)
+    assert [(r.partition_keys, r.observatories) for r in scan.requests] == [
+        (("2025-08-01-11:00", "2025-08-01-12:00"), ["2"])
+    ]
