@@ -78,6 +78,25 @@ class PartitionOutcome:
         return digest.hexdigest()[:24]
 
 
+@dataclass
+class _Formation:
+    """An image ready to be written: packets chosen, payload decoded, engineering packets found."""
+
+    camera: Camera
+    outcome: ImageOutcome
+    ordered: list[Packet]
+    engineering: list[Packet]
+    existing: ProductFile | None
+    fingerprint: str
+    decoded: dict
+    image: np.ndarray
+    pfw: Packet
+    xact_before: Packet
+    xact_after: Packet
+    missing: int
+    partition_key: str | None
+
+
 class PacketReader:
     """Reads packet bytes back from telemetry files, keeping each file open once."""
 
@@ -205,8 +224,12 @@ class Level0Former:
         for packet in packets:
             by_time[packet.timestamp].append(packet)
         try:
-            for acquisition_time, image_packets in by_time.items():
-                outcome.images.append(self.form_image(camera, acquisition_time, image_packets, partition_key))
+            prepared = [self.form_image(camera, when, group, partition_key) for when, group in by_time.items()]
+            formations = [item for item in prepared if isinstance(item, _Formation)]
+            outcome.images = [item for item in prepared if isinstance(item, ImageOutcome)]
+            for formation, keywords in zip(formations, self._position_keywords(formations), strict=True):
+                outcome.images.append(self._write(formation, keywords))
+            outcome.images.sort(key=lambda image: image.acquisition_time)
         finally:
             self.reader.close()
         in_window = (
@@ -229,8 +252,8 @@ class Level0Former:
 
     def form_image(
         self, camera: Camera, acquisition_time: datetime, packets: list[Packet], partition_key: str | None = None
-    ) -> ImageOutcome:
-        """Form one image from its packets, or record why not."""
+    ) -> "ImageOutcome | _Formation":
+        """Prepare one image from its packets, or record why it is not formed (or unchanged)."""
         ordered, superseded, missing = _order_image_packets(packets)
         for packet in superseded:
             packet.state, packet.reason = "skipped", "superseded by a newer copy of the same segment"
@@ -302,24 +325,72 @@ class Level0Former:
                 outcome, ordered, status, f"image not decodable ({problem or 'all packets present'}): {error}"
             )
 
-        cube, flags = self._build_cube(
-            camera, decoded, image, pfw, xact_before or xact_after, xact_after or xact_before, telemetry_names, missing
+        return _Formation(
+            camera=camera,
+            outcome=outcome,
+            ordered=ordered,
+            engineering=engineering,
+            existing=existing,
+            fingerprint=fingerprint,
+            decoded=decoded,
+            image=image,
+            pfw=pfw,
+            xact_before=xact_before or xact_after,
+            xact_after=xact_after or xact_before,
+            missing=missing,
+            partition_key=partition_key,
         )
+
+    def _position_keywords(self, formations: list["_Formation"]) -> list[dict]:
+        """Spacecraft position keywords of many images in one vectorized call of punchbowl's helper."""
+        from punchbowl.auto.flows.level0 import organize_spacecraft_position_keywords, unpack_acquisition_settings
+
+        if not formations:
+            return []
+        prefix = self.packet_set.by_kind("image").name
+        midpoints, nearest_packets, nearest_values = [], [], []
+        for formation in formations:
+            acquisition = unpack_acquisition_settings(int(formation.decoded[f"{prefix}_HDR_ACQ_SET"][0]))
+            exposure = acquisition["EXPOSURE"] / 10.0 * (1 + acquisition["IMG_NUM"])
+            midpoint = formation.outcome.acquisition_time + CLEARING_OFFSET + timedelta(seconds=exposure / 2)
+            packet = min(
+                (formation.xact_before, formation.xact_after),
+                key=lambda candidate: abs((candidate.timestamp - midpoint).total_seconds()),
+            )
+            midpoints.append(midpoint)
+            nearest_packets.append(packet)
+            nearest_values.append(_decode_one(self.packet_set, self.reader, packet))
+        columns = {key: np.array([values[key] for values in nearest_values]) for key in nearest_values[0]}
+        vectors = organize_spacecraft_position_keywords(midpoints, nearest_packets[0], columns)
+        return [
+            {
+                key: (packet.timestamp.isoformat() if key == "XACTTIME" else np.asarray(value)[i].item())
+                for key, value in vectors.items()
+            }
+            for i, packet in enumerate(nearest_packets)
+        ]
+
+    def _write(self, formation: "_Formation", position_keywords: dict) -> ImageOutcome:
+        """Build the cube of a prepared image, write it atomically and record its lineage."""
+        camera, outcome, existing = formation.camera, formation.outcome, formation.existing
+        ordered, engineering, missing = formation.ordered, formation.engineering, formation.missing
+        cube, flags = self._build_cube(formation, position_keywords)
         file_type = cube.meta["TYPECODE"].value
         path = self.archive.product_path(
             "0", file_type, camera.obs, _parse_fits_time(cube.meta["DATE-OBS"].value), self.settings.file_version
         )
         sha256 = self.archive.write_cube(cube, path)
-        product = existing or ProductFile(level="0", observatory=camera.obs, acquisition_time=acquisition_time)
+        product = existing or ProductFile(level="0", observatory=camera.obs, acquisition_time=outcome.acquisition_time)
         if existing is not None and existing.path != str(path):
             Path(existing.path).unlink(missing_ok=True)
         product.file_type, product.file_version = file_type, self.settings.file_version
         product.date_obs = _parse_fits_time(cube.meta["DATE-OBS"].value)
-        product.path, product.sha256, product.fingerprint = str(path), sha256, fingerprint
+        product.path, product.sha256, product.fingerprint = str(path), sha256, formation.fingerprint
         product.outlier, product.bad_packets = bool(cube.meta["OUTLIER"].value), bool(missing)
         product.flags = ", ".join(flags) or None
         product.mean = float(cube.meta["DATAAVG"].value)
-        product.dagster_run_id, product.partition_key, product.date_created = self.run_id, partition_key, utcnow()
+        product.dagster_run_id, product.date_created = self.run_id, utcnow()
+        product.partition_key = formation.partition_key
         product.state = "created"
         self.session.add(product)
         self.session.flush()
@@ -346,18 +417,11 @@ class Level0Former:
         outcome.status, outcome.reason = status, reason
         return outcome
 
-    def _build_cube(
-        self,
-        camera: Camera,
-        decoded: dict,
-        image: np.ndarray,
-        pfw: Packet,
-        xact_before: Packet,
-        xact_after: Packet,
-        telemetry_names: list[str],
-        missing: int,
-    ):
+    def _build_cube(self, formation: "_Formation", position_keywords: dict):
         """Fill Level 0 metadata through punchbowl's template and helpers."""
+        camera, decoded, image, missing = formation.camera, formation.decoded, formation.image, formation.missing
+        pfw, xact_before, xact_after = formation.pfw, formation.xact_before, formation.xact_after
+        telemetry_names = formation.outcome.telemetry_files
         import punchbowl
         import quaternion  # noqa: F401 - registers np.quaternion, used by punchbowl's helpers
         from punchbowl.auto.flows.level0 import (
@@ -365,7 +429,6 @@ class Level0Former:
             form_preliminary_wcs,
             organize_compression_and_acquisition_settings,
             organize_gain_info,
-            organize_spacecraft_position_keywords,
             unpack_acquisition_settings,
             unpack_compression_settings,
         )
@@ -391,11 +454,7 @@ class Level0Former:
         fits_info: dict = {"TYPECODE": file_type}
         fits_info |= organize_compression_and_acquisition_settings(compression, acquisition)
         fits_info |= organize_gain_info(camera.spacecraft_id)
-        nearest = min(
-            ((xact_before, before), (xact_after, after)),
-            key=lambda pair: abs((pair[0].timestamp - midpoint).total_seconds()),
-        )
-        fits_info |= organize_spacecraft_position_keywords(midpoint, *nearest)
+        fits_info |= position_keywords
         fits_info |= {
             "PFWTIME": pfw.timestamp.isoformat(),
             "PFWSTAT": int(pfw_values["PFW_STATUS"]),
