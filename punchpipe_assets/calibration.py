@@ -65,8 +65,20 @@ _NAME = re.compile(
     r"^PUNCH_L(?P<level>[0123QHL])_(?P<code>[A-Z]{2})(?P<obs>[0-9MN])_(?P<time>\d{14})_v(?P<version>[^._]+)"
     r"\.(?P<suffix>fits|bin)$"
 )
-_STRUCTURAL_KEYWORDS = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "EXTNAME",
-                        "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM"}
+_STRUCTURAL_KEYWORDS = {
+    "SIMPLE",
+    "BITPIX",
+    "NAXIS",
+    "NAXIS1",
+    "NAXIS2",
+    "NAXIS3",
+    "EXTEND",
+    "EXTNAME",
+    "PCOUNT",
+    "GCOUNT",
+    "CHECKSUM",
+    "DATASUM",
+}
 
 
 class CalibrationError(ValueError):
@@ -152,23 +164,48 @@ def _by_polarization(prefix: str, clear: str | None = None) -> dict[str, str]:
 #: - mask ``MS`` and distortion ``DS``: one per camera, for every polarization.
 CALIBRATION_KINDS: Mapping[str, CalibrationKind] = {
     "quartic": CalibrationKind(
-        "quartic", _by_polarization("F"), _ALL_OBS, (), ".fits", ("quartic_coefficient_path",),
+        "quartic",
+        _by_polarization("F"),
+        _ALL_OBS,
+        (),
+        ".fits",
+        ("quartic_coefficient_path",),
         {code: code for code in _by_polarization("F").values()},
     ),
     "vignetting": CalibrationKind(
-        "vignetting", _by_polarization("G"), _ALL_OBS, ("4",), ".fits",
+        "vignetting",
+        _by_polarization("G"),
+        _ALL_OBS,
+        ("4",),
+        ".fits",
         ("vignetting_function_path", "second_vignetting_function_path"),
         {code: code for code in _by_polarization("G").values()},
     ),
     "psf": CalibrationKind(
-        "psf", _by_polarization("R", clear="RC"), _WFI_OBS, (), ".fits", ("psf_model_path",),
+        "psf",
+        _by_polarization("R", clear="RC"),
+        _WFI_OBS,
+        (),
+        ".fits",
+        ("psf_model_path",),
         {code: "RG" for code in _by_polarization("R", clear="RC").values()},
     ),
     "mask": CalibrationKind(
-        "mask", dict.fromkeys(POLARIZATIONS, "MS"), _ALL_OBS, (), ".bin", ("mask_path",), {"MS": "MS"},
+        "mask",
+        dict.fromkeys(POLARIZATIONS, "MS"),
+        _ALL_OBS,
+        (),
+        ".bin",
+        ("mask_path",),
+        {"MS": "MS"},
     ),
     "distortion": CalibrationKind(
-        "distortion", dict.fromkeys(POLARIZATIONS, "DS"), _ALL_OBS, (), ".fits", ("distortion_path",),
+        "distortion",
+        dict.fromkeys(POLARIZATIONS, "DS"),
+        _ALL_OBS,
+        (),
+        ".fits",
+        ("distortion_path",),
         {"DS": "DS"},
     ),
 }
@@ -177,14 +214,16 @@ CALIBRATION_KINDS: Mapping[str, CalibrationKind] = {
 #: (``level1.stray_light.estimate_stray_light``), always used as the two bracketing models by
 #: ``level1_late_core_flow``. Listed for selection; ``synthesize_calibration`` does not write them.
 STRAY_LIGHT_KIND = CalibrationKind(
-    "stray_light", _by_polarization("S"), _ALL_OBS, _ALL_OBS, ".fits",
+    "stray_light",
+    _by_polarization("S"),
+    _ALL_OBS,
+    _ALL_OBS,
+    ".fits",
     ("stray_light_before_path", "stray_light_after_path"),
     {code: code for code in _by_polarization("S").values()},
 )
 
-_KIND_BY_CODE = {
-    code: kind for kind in (*CALIBRATION_KINDS.values(), STRAY_LIGHT_KIND) for code in kind.all_codes
-}
+_KIND_BY_CODE = {code: kind for kind in (*CALIBRATION_KINDS.values(), STRAY_LIGHT_KIND) for code in kind.all_codes}
 
 
 def kind_for_code(code: str) -> CalibrationKind:
@@ -219,9 +258,7 @@ def calibration_codes_for(typecode: str, obs: str) -> dict[str, str]:
         ``{"quartic": "FR", "vignetting": "GR", "psf": "RC", "mask": "MS", "distortion": "DS"}``.
 
     """
-    return {
-        name: kind.code_for(typecode) for name, kind in CALIBRATION_KINDS.items() if obs in kind.observatories
-    }
+    return {name: kind.code_for(typecode) for name, kind in CALIBRATION_KINDS.items() if obs in kind.observatories}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,12 +629,14 @@ def _psf_extension_bytes(transform) -> bytes:
 
     kernel = transform._transfer_kernel.values
     tiles = (min(1024, kernel.shape[0]), *kernel.shape[1:])
-    hdul = fits.HDUList([
-        fits.PrimaryHDU(),
-        fits.CompImageHDU(np.asarray(transform.coordinates, dtype=np.int32), name="coordinates"),
-        fits.CompImageHDU(kernel.real, name="transfer_real", quantize_level=32, tile_shape=tiles),
-        fits.CompImageHDU(kernel.imag, name="transfer_imag", quantize_level=32, tile_shape=tiles),
-    ])
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.CompImageHDU(np.asarray(transform.coordinates, dtype=np.int32), name="coordinates"),
+            fits.CompImageHDU(kernel.real, name="transfer_real", quantize_level=32, tile_shape=tiles),
+            fits.CompImageHDU(kernel.imag, name="transfer_imag", quantize_level=32, tile_shape=tiles),
+        ]
+    )
     whole = _serialize(hdul)
     primary = len(_serialize(fits.HDUList([fits.PrimaryHDU()])))
     return whole[primary:]

@@ -17,7 +17,13 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from punchpipe_assets.config import PipelineConfig, load_config
-from punchpipe_assets.resources.catalog import CatalogResource, Packet, ProductFile, TelemetryFile
+from punchpipe_assets.resources.catalog import (
+    CalibrationDelivery,
+    CatalogResource,
+    Packet,
+    ProductFile,
+    TelemetryFile,
+)
 
 console = Console(stderr=True)
 INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
@@ -43,9 +49,13 @@ def catalog_status(config: PipelineConfig) -> dict:
     with catalog.session() as session:
         levels: dict[str, dict[str, int]] = {}
         rows = session.execute(
-            select(
-                ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id)
-            ).group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
+            select(ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id))
+            .where(
+                ProductFile.id.not_in(
+                    select(CalibrationDelivery.file_id).where(CalibrationDelivery.file_id.is_not(None))
+                )
+            )
+            .group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
         )
         for level, file_type, obs, count in rows:
             levels.setdefault(level, {})[f"{file_type}{obs}"] = count
@@ -54,7 +64,11 @@ def catalog_status(config: PipelineConfig) -> dict:
             {"file": t.name, "state": t.state, "reason": t.reason, "packets": t.n_packets}
             for t in session.scalars(select(TelemetryFile).order_by(TelemetryFile.id))
         ]
-    return {"levels": levels, "packets": packet_states, "telemetry": telemetry}
+        calibration = [
+            {"file": d.name, "state": d.state, "reason": d.reason}
+            for d in session.scalars(select(CalibrationDelivery).order_by(CalibrationDelivery.id))
+        ]
+    return {"levels": levels, "packets": packet_states, "telemetry": telemetry, "calibration": calibration}
 
 
 def run_process(config: PipelineConfig, instance=None, show_progress: bool = True) -> dict:
@@ -121,6 +135,13 @@ def print_status(status: dict) -> None:
         telemetry.add_row(row["file"], row["state"], str(row["packets"]), row["reason"] or "")
     console.print(telemetry)
     console.print(f"packets: {status['packets']}")
+    if status["calibration"]:
+        calibration = Table(title="Calibration deliveries")
+        for column in ("file", "state", "reason"):
+            calibration.add_column(column)
+        for row in status["calibration"]:
+            calibration.add_row(row["file"], row["state"], row["reason"] or "")
+        console.print(calibration)
 
 
 @click.group()
@@ -218,6 +239,37 @@ def demo(context: click.Context, hours: float, size: int, seed: int, start: str)
     config.sensor.settle_seconds = 0  # the simulator writes each file atomically
     context.invoke(process, quiet=False)
     console.print(f"Browse the lineage: punchpipe ui  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+
+
+@main.group()
+def calibration() -> None:
+    """Calibration files."""
+
+
+@calibration.command("synthesize")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder (default: the calibration landing folder, for the sensor to pick up).",
+)
+@click.option("--date", "date_obs", default="2025-07-01T00:00:00", show_default=True, help="DATE-OBS of the set.")
+@click.option("--version", "file_version", default="1", show_default=True)
+@click.option("--size", default=2048, show_default=True, type=int)
+@click.pass_obj
+def calibration_synthesize(
+    config: PipelineConfig, out: str | None, date_obs: str, file_version: str, size: int
+) -> None:
+    """Write a plausible calibration set for the simulator's cameras (flight files are not public)."""
+    from punchpipe_assets.calibration import synthesize_calibration
+
+    paths = synthesize_calibration(
+        Path(out or config.calibration_landing_dir),
+        datetime.fromisoformat(date_obs),
+        file_version=file_version,
+        size=size,
+    )
+    console.print(f"wrote {len(paths)} calibration files to {out or config.calibration_landing_dir}")
 
 
 @main.command()

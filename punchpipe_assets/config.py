@@ -3,6 +3,7 @@
 Everything local lives under one home folder, ``$PUNCHPIPE_HOME`` (default ``./var``)::
 
     landing/      new downlink files (.tlm) arrive here
+    calibration-landing/  calibration files delivered by the instrument team
     quarantine/   unreadable downlinks, each with a ``.reason.txt``
     archive/      the product archive ({level}/{code}{obs}/{YYYY}/{MM}/{DD}/file)
     catalog.sqlite  the file catalog (embedded default)
@@ -64,12 +65,16 @@ class PipelineConfig(BaseModel):
 
     home: Path = Field(default_factory=lambda: Path(os.environ.get("PUNCHPIPE_HOME", DEFAULT_HOME)))
     landing_dir: Path | None = None
+    calibration_landing_dir: Path | None = None
     quarantine_dir: Path | None = None
     archive_dir: Path | None = None
     dagster_home: Path | None = None
     catalog_url: str | None = None
     telemetry_definitions: Path | None = Field(
         None, description="Folder of packet-definition CSV files; default: the simulated set."
+    )
+    calibration_image_size: int = Field(
+        2048, gt=0, description="Image size calibration files must have (2048 in flight)."
     )
     level0: Level0Settings = Field(default_factory=Level0Settings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
@@ -82,6 +87,7 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _fill_paths(self) -> PipelineConfig:
         self.landing_dir = Path(self.landing_dir or self.home / "landing").resolve()
+        self.calibration_landing_dir = Path(self.calibration_landing_dir or self.home / "calibration-landing").resolve()
         self.quarantine_dir = Path(self.quarantine_dir or self.home / "quarantine").resolve()
         self.archive_dir = Path(self.archive_dir or self.home / "archive").resolve()
         self.dagster_home = Path(self.dagster_home or self.home / "dagster").resolve()
@@ -91,7 +97,13 @@ class PipelineConfig(BaseModel):
 
     def make_dirs(self) -> None:
         """Create the local folders of this installation."""
-        for path in (self.landing_dir, self.quarantine_dir, self.archive_dir, self.dagster_home):
+        for path in (
+            self.landing_dir,
+            self.calibration_landing_dir,
+            self.quarantine_dir,
+            self.archive_dir,
+            self.dagster_home,
+        ):
             Path(path).mkdir(parents=True, exist_ok=True)
 
 

@@ -4,10 +4,12 @@ import warnings
 
 import dagster as dg
 
+from punchpipe_assets.assets.calibration import calibration_specs
 from punchpipe_assets.assets.level0 import level0_assets
 from punchpipe_assets.assets.telemetry import telemetry_specs
 from punchpipe_assets.config import PipelineConfig, load_config
 from punchpipe_assets.resources import build_resources
+from punchpipe_assets.sensors.calibration import build_calibration_sensor
 from punchpipe_assets.sensors.landing import build_landing_sensor
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -29,9 +31,12 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         The validated configuration (catalog URL, archive folder...).
     """
     return dg.Definitions(
-        assets=[*telemetry_specs, *level0_assets],
+        assets=[*telemetry_specs, *calibration_specs, *level0_assets],
         jobs=[level0_job],
-        sensors=[build_landing_sensor(config.sensor.interval_seconds)],
+        sensors=[
+            build_landing_sensor(config.sensor.interval_seconds),
+            build_calibration_sensor(config.sensor.interval_seconds),
+        ],
         resources=build_resources(config),
         # One process per run: punchbowl is imported once per run, not once per step.
         executor=dg.in_process_executor,

@@ -52,7 +52,9 @@ class ArchiveResource(dg.ConfigurableResource):
 
     root: str
 
-    def product_path(self, level: str, code: str, obs: str, date_obs: datetime, version: str) -> Path:
+    def product_path(
+        self, level: str, code: str, obs: str, date_obs: datetime, version: str, suffix: str = "fits"
+    ) -> Path:
         """The archive path of a product.
 
         Parameters
@@ -67,8 +69,10 @@ class ArchiveResource(dg.ConfigurableResource):
             Observation time (naive UTC).
         version
             File version.
+        suffix
+            ``fits``, or ``bin`` for packed masks.
         """
-        name = f"PUNCH_L{level}_{code}{obs}_{date_obs:%Y%m%d%H%M%S}_v{version}.fits"
+        name = f"PUNCH_L{level}_{code}{obs}_{date_obs:%Y%m%d%H%M%S}_v{version}.{suffix}"
         return Path(self.root) / level / f"{code}{obs}" / f"{date_obs:%Y}" / f"{date_obs:%m}" / f"{date_obs:%d}" / name
 
     def write_cube(self, cube, path: Path) -> str:

@@ -142,6 +142,26 @@ class FilePacket(Base):
     role: Mapped[str] = mapped_column(String(16))
 
 
+class CalibrationDelivery(Base):
+    """One calibration file delivered by the instrument team.
+
+    ``state``: ``active`` (the newest version of its code and camera: selectable), ``superseded``
+    (a newer version exists) or ``quarantined`` (unusable, with ``reason``; moved away).
+    ``file_id`` is its row in ``files`` once installed in the archive.
+    """
+
+    __tablename__ = "calibration_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    code: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    observatory: Mapped[str | None] = mapped_column(String(1), nullable=True)
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
     engine = create_engine(url, future=True, pool_pre_ping=True)

@@ -92,7 +92,9 @@ def register_telemetry_file(
             definition = packet_set.by_apid[apid]
             group = [p for p in framed.packets if p.apid == apid]
             decoded = decode_packets(definition, [data[p.offset : p.offset + p.length] for p in group])
-            for packet, scid, when in zip(group, decoded[f"{definition.name}_HDR_SCID"], decoded["timestamp"], strict=True):
+            for packet, scid, when in zip(
+                group, decoded[f"{definition.name}_HDR_SCID"], decoded["timestamp"], strict=True
+            ):
                 rows.append(
                     {
                         "index_in_file": packet.index,
