@@ -241,6 +241,46 @@ def demo(context: click.Context, hours: float, size: int, seed: int, start: str)
     console.print(f"Browse the lineage: punchpipe ui  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
 
 
+def _print_tree(node: dict, indent: str = "") -> None:
+    click.echo(f"{indent}{node['file']}  sha256:{node['sha256'][:12]}")
+    for parent in node["parents"]:
+        _print_tree(parent, indent + "  ")
+    for telemetry in node["telemetry"]:
+        counts = ", ".join(f"{n} {role}" for role, n in sorted(telemetry["packets"].items()))
+        click.echo(f"{indent}  <- {telemetry['file']} [{telemetry['state']}] ({counts} packets)")
+
+
+@main.command()
+@click.argument("product")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def lineage(config: PipelineConfig, product: str, as_json: bool) -> None:
+    """Print the tree of PRODUCT (path or file name) down to its telemetry files."""
+    from punchpipe_assets.lineage import find_product, lineage_tree
+
+    with CatalogResource(url=config.catalog_url).session() as session:
+        tree = lineage_tree(session, find_product(session, product))
+    if as_json:
+        click.echo(json.dumps(tree, indent=2))
+    else:
+        _print_tree(tree)
+
+
+@main.command()
+@click.argument("file")
+@click.pass_obj
+def affected(config: PipelineConfig, file: str) -> None:
+    """List the products and partitions made with FILE (a calibration file or any product)."""
+    from punchpipe_assets.lineage import affected_products, find_product
+
+    with CatalogResource(url=config.catalog_url).session() as session:
+        products = affected_products(session, find_product(session, file))
+        rows = [(p.level, p.partition_key or "", Path(p.path).name) for p in products]
+    for level, partition, name in rows:
+        click.echo(f"L{level}  {partition}  {name}")
+    console.print(f"{len(rows)} products, {len({(r[0], r[1]) for r in rows})} partitions")
+
+
 @main.group()
 def calibration() -> None:
     """Calibration files."""

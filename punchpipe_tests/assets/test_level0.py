@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import yaml
+from click.testing import CliRunner
 from astropy.io import fits
 from sqlalchemy import func, select
 
-from punchpipe_assets.cli import catalog_status, run_process
+from punchpipe_assets.cli import catalog_status, main, run_process
+from punchpipe_assets.lineage import find_product, lineage_tree
 from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile, TelemetryFile
 from punchpipe_assets.simulate import simulate
 from punchpipe_tests.conftest import SIMULATION_START
@@ -64,7 +68,22 @@ def test_telemetry_becomes_level0_with_lineage(config, catalog, instance, tmp_pa
         assert header["LEVEL"] == "0" and str(header["OBSCODE"]) == "2"
         assert header["TYPECODE"] == product.file_type
         assert hdul[1].data.shape == (SIZE, SIZE) and hdul[1].data.max() <= 1023
+        header_packets = header["NUM_PCKT"]
         assert Path(product.path).name == f"PUNCH_L0_{product.file_type}2_{product.date_obs:%Y%m%d%H%M%S}_v1.fits"
+
+    with catalog.session() as session:
+        tree = lineage_tree(session, find_product(session, Path(product.path).name))
+    assert tree["telemetry"][0]["file"] == "PUNCH_TLM_2_20250801120000.tlm"
+    assert tree["telemetry"][0]["packets"]["image"] == header_packets
+
+    config_file = tmp_path / "punchpipe.yaml"
+    config_file.write_text(yaml.safe_dump({"home": str(config.home), "catalog_url": config.catalog_url}))
+    printed = CliRunner().invoke(main, ["--config", str(config_file), "status", "--json"])
+    status = json.loads(printed.output)
+    assert status["levels"]["0"] == dict(expected)
+    assert {(t["file"], t["state"], t["reason"]) for t in status["telemetry"]} == {
+        (path.name, "ingested", None) for path in report.files
+    }
 
     (materialization,) = level0_materializations(instance, "wfi2", PARTITION)
     metadata = materialization.metadata
