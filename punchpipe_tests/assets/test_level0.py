@@ -155,14 +155,14 @@ def test_missing_packets_after_wait_are_flagged_not_lost(config, catalog, instan
         total = session.scalar(select(func.count()).select_from(Packet))
         accounted = session.scalar(
             select(func.count()).where(
-                (Packet.state == "used")
-                | ((Packet.state == "skipped") & Packet.reason.is_not(None))
-                | (Packet.kind != "image")
+                (Packet.state == "used") | ((Packet.state == "skipped") & Packet.reason.is_not(None))
             )
         )
-        skipped = session.scalars(select(Packet).where(Packet.state == "skipped")).all()
+        skipped = session.scalars(select(Packet).where(Packet.state == "skipped", Packet.kind == "image")).all()
+        pending = session.scalar(select(func.count()).where(Packet.state == "pending"))
     assert accounted == total
     assert skipped and all("missing" in p.reason for p in skipped)
+    assert pending == 0  # every packet used or skipped with a reason
     check_key = dg.AssetCheckKey(dg.AssetKey("level0_wfi1"), "image_quality")
     executions = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
     evaluation = executions[check_key].event.dagster_event.event_specific_data
