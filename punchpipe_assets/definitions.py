@@ -6,6 +6,7 @@ import dagster as dg
 
 from punchpipe_assets.assets.calibration import calibration_specs
 from punchpipe_assets.assets.level0 import level0_assets
+from punchpipe_assets.assets.level1 import level1_early_assets
 from punchpipe_assets.assets.telemetry import telemetry_specs
 from punchpipe_assets.config import PipelineConfig, load_config
 from punchpipe_assets.resources import build_resources
@@ -31,7 +32,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         The validated configuration (catalog URL, archive folder...).
     """
     return dg.Definitions(
-        assets=[*telemetry_specs, *calibration_specs, *level0_assets],
+        assets=[*telemetry_specs, *calibration_specs, *level0_assets, *level1_early_assets],
         jobs=[level0_job],
         sensors=[
             build_landing_sensor(config.sensor.interval_seconds),

@@ -75,8 +75,11 @@ class ArchiveResource(dg.ConfigurableResource):
         name = f"PUNCH_L{level}_{code}{obs}_{date_obs:%Y%m%d%H%M%S}_v{version}.{suffix}"
         return Path(self.root) / level / f"{code}{obs}" / f"{date_obs:%Y}" / f"{date_obs:%m}" / f"{date_obs:%d}" / name
 
-    def write_cube(self, cube, path: Path) -> str:
-        """Write a PUNCHCube atomically and return its SHA-256."""
+    def write_cube(self, cube, path: Path, skip_stats: bool = True) -> str:
+        """Write a PUNCHCube atomically and return its SHA-256.
+
+        ``skip_stats``: the header statistics were filled already (Level 0 does it itself).
+        """
         from astropy.io.fits.verify import VerifyWarning
         from punchbowl.data import write_ndcube_to_fits
 
@@ -86,7 +89,7 @@ class ArchiveResource(dg.ConfigurableResource):
             write_atomically(
                 path,
                 lambda temporary: write_ndcube_to_fits(
-                    cube, str(temporary), overwrite=True, write_hash=False, skip_stats=True
+                    cube, str(temporary), overwrite=True, write_hash=False, skip_stats=skip_stats
                 ),
             )
         return sha256_of(path)
