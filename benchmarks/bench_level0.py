@@ -83,109 +83,98 @@ def _simulate_quietly(*args, **kwargs):
     return simulate(*args, **kwargs)
 
 
-def _mark_all_used(catalog) -> None:
+def _set_packet_state(catalog, steady: bool) -> None:
+    """steady: every packet used (Level 0 caught up); else all pending, never attempted (as registered)."""
     from sqlalchemy import update
 
     from punchpipe_assets.resources.catalog import Packet, utcnow
 
+    values = {"state": "used", "last_attempt": utcnow()} if steady else {"state": "pending", "last_attempt": None}
     with catalog.session() as session:
-        session.execute(update(Packet).values(state="used", reason=None, last_attempt=utcnow()))
+        session.execute(update(Packet).values(reason=None, **values))
 
 
-def _timed_tick(catalog, config) -> tuple[float, object]:
+def _timed_tick(catalog, config, files: list[Path]) -> float:
     from punchpipe_assets.sensors.landing import scan_landing
 
+    for path in files:
+        shutil.copy(path, config.landing_dir)
     start = time.perf_counter()
     scan = scan_landing(catalog, config)  # max_files: the sensor default (20) > 4 new files
-    return time.perf_counter() - start, scan
+    elapsed = time.perf_counter() - start
+    assert len(scan.ingested) == len(files), scan
+    return elapsed
 
 
 def bench_landing(work: Path, n_files: int, repeats: int) -> dict:
-    """Part (a): sensor tick with n_files registered + 4 new, versus 4 new in an empty catalog."""
+    """Part (a): sensor tick with n_files registered + 4 new, versus 4 new in an empty catalog.
+
+    The cases are interleaved tick by tick (the machine may be shared), the first round is a warm-up.
+    """
     from sqlalchemy import func, select
 
     from punchpipe_assets.resources.catalog import CatalogResource, Packet, TelemetryFile
     from punchpipe_assets.sensors.landing import _hours_needing_attempts, new_landing_files, scan_landing
 
-    n_sets = 2 * (repeats + 1)
+    rounds = repeats + 1
     new_sets = []
-    for k in range(n_sets):
+    for k in range(2 * rounds + 1):
         report = _simulate_quietly(NEW_START + timedelta(hours=k), 1 / 60, work / "new" / str(k), size=SMALL_SIZE,
                                    seed=100 + k, downlink_minutes=1)
         new_sets.append(report.files)
-
-    # Baseline: only the 4 new files, fresh empty catalog and landing folder per tick.
-    empty_times = []
-    for k in range(repeats + 1):
-        config = _config(work / f"empty{k}")
-        catalog = CatalogResource(url=config.catalog_url)
-        catalog.engine  # noqa: B018 - create the tables outside the timing
-        for path in new_sets[k]:
-            shutil.copy(path, config.landing_dir)
-        elapsed, scan = _timed_tick(catalog, config)
-        assert len(scan.ingested) == len(new_sets[k]), scan
-        if k:  # the first tick warms up (imports, caches)
-            empty_times.append(elapsed)
 
     # Big catalog: n_files small distinct downlinks simulated straight into the landing folder.
     config = _config(work / "big")
     catalog = CatalogResource(url=config.catalog_url)
     minutes = -(-n_files // 4)
     start = time.perf_counter()
-    report = _simulate_quietly(MANY_START, minutes / 60, config.landing_dir, size=SMALL_SIZE, seed=7,
-                               downlink_minutes=1)
+    _simulate_quietly(MANY_START, minutes / 60, config.landing_dir, size=SMALL_SIZE, seed=7, downlink_minutes=1)
     simulate_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    registered = 0
-    while True:
-        scan = scan_landing(catalog, config, max_files=100_000)
-        registered += len(scan.ingested)
-        if not scan.remaining:
-            break
+    while scan_landing(catalog, config, max_files=100_000).remaining:
+        pass
     register_seconds = time.perf_counter() - start
     with catalog.session() as session:
         n_registered = session.scalar(select(func.count(TelemetryFile.id)))
         n_packets = session.scalar(select(func.count(Packet.id)))
 
-    def big_ticks(sets: list, steady: bool) -> list[float]:
-        times = []
-        for k, files in enumerate(sets):
-            if steady:
-                _mark_all_used(catalog)
-            for path in files:
-                shutil.copy(path, config.landing_dir)
-            elapsed, scan = _timed_tick(catalog, config)
-            assert len(scan.ingested) == len(files), scan
-            if k:
-                times.append(elapsed)
-        return times
+    times: dict[str, list[float]] = {"empty": [], "nearly_empty": [], "backlog": [], "steady": []}
+    for k in range(rounds):
+        small = _config(work / f"empty{k}")
+        small_catalog = CatalogResource(url=small.catalog_url)
+        small_catalog.engine  # noqa: B018 - create the tables outside the timing
+        tick = {"empty": _timed_tick(small_catalog, small, new_sets[k]),
+                "nearly_empty": _timed_tick(small_catalog, small, new_sets[k + 1])}
+        _set_packet_state(catalog, steady=False)
+        tick["backlog"] = _timed_tick(catalog, config, new_sets[2 * k + 1])
+        _set_packet_state(catalog, steady=True)
+        tick["steady"] = _timed_tick(catalog, config, new_sets[2 * k + 2])
+        if k:  # the first round warms up (imports, caches)
+            for name, seconds in tick.items():
+                times[name].append(seconds)
 
-    backlog_times = big_ticks(new_sets[: repeats + 1], steady=False)
-    steady_times = big_ticks(new_sets[repeats + 1 :], steady=True)
-
-    # Where a steady big tick goes (no new file): the O(n) parts of scan_landing.
-    _mark_all_used(catalog)
+    # Where a tick with no new file goes: the parts of scan_landing that grow with the catalog.
     parts = {}
-    start = time.perf_counter()
     with catalog.session() as session:
+        start = time.perf_counter()
         known = set(session.scalars(select(TelemetryFile.name)))
-    parts["load all registered names"] = time.perf_counter() - start
+        parts["load all registered names"] = time.perf_counter() - start
     start = time.perf_counter()
     new_landing_files(config, known, datetime.now().timestamp())
-    parts["scandir landing folder"] = time.perf_counter() - start
-    start = time.perf_counter()
-    with catalog.session() as session:
-        _hours_needing_attempts(session, config)
-    parts["_hours_needing_attempts (steady)"] = time.perf_counter() - start
-    start = time.perf_counter()
-    scan_landing(catalog, config)
-    parts["whole tick, no new file (steady)"] = time.perf_counter() - start
+    parts["scandir landing folder, filter names"] = time.perf_counter() - start
+    for steady in (False, True):
+        _set_packet_state(catalog, steady=steady)
+        label = "steady" if steady else "backlog"
+        with catalog.session() as session:
+            start = time.perf_counter()
+            _hours_needing_attempts(session, config)
+            parts[f"_hours_needing_attempts ({label})"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scan_landing(catalog, config)
+        parts[f"whole tick, no new file ({label})"] = time.perf_counter() - start
 
-    return {
-        "n_files": n_registered, "n_packets": n_packets, "simulate_s": simulate_seconds,
-        "register_s": register_seconds, "n_simulated": len(report.files),
-        "empty": empty_times, "backlog": backlog_times, "steady": steady_times, "parts": parts,
-    }
+    return {"n_files": n_registered, "n_packets": n_packets, "simulate_s": simulate_seconds,
+            "register_s": register_seconds, "times": times, "parts": parts}
 
 
 # --------------------------------------------------------------------------------------------- (b)
@@ -227,14 +216,14 @@ def child(side: str, home: Path) -> None:
     result: dict = {"side": side, "punchbowl_loaded_by_base_imports": punchbowl_loaded_early}
     if side == "dagster":
         with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
-            start = time.perf_counter()
+            load_before, cpu_start, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
             summary = run_process(config, instance, show_progress=False)
-            t_run = time.perf_counter() - start
+            t_run, cpu_run = time.perf_counter() - start, time.process_time() - cpu_start
         result["summary"] = summary
     else:
         archive = ArchiveResource(root=str(config.archive_dir))
         packet_set = load_packet_set(config.telemetry_definitions)
-        start = time.perf_counter()
+        load_before, cpu_start, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
         scan = scan_landing(catalog, config, max_files=10**6)
         result["register_s"] = time.perf_counter() - start
         statuses: dict[str, int] = {}
@@ -248,11 +237,18 @@ def child(side: str, home: Path) -> None:
                     for image in outcome.images:
                         statuses[image.status] = statuses.get(image.status, 0) + 1
                 hour += timedelta(hours=1)
-        t_run = time.perf_counter() - start
+        t_run, cpu_run = time.perf_counter() - start, time.process_time() - cpu_start
         result["statuses"] = statuses
     with catalog.session() as session:
         result["images"] = session.scalar(select(func.count(ProductFile.id)).where(ProductFile.level == "0"))
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result |= {"base_imports_s": t_base_imports, "punchbowl_import_s": t_punchbowl, "run_s": t_run,
+               "run_cpu_s": cpu_run, "process_cpu_s": usage.ru_utime + usage.ru_stime,
+               "subprocess_cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                                       for f in ("ru_utime", "ru_stime")),
+               "load_before": load_before, "load_after": os.getloadavg()[0],
                "in_process_s": time.perf_counter() - t_process, "peak_rss_mb": _peak_rss_mb()}
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
@@ -293,49 +289,60 @@ def _fmt(seconds: float) -> str:
 
 
 def print_landing(result: dict) -> None:
-    empty, backlog, steady = (statistics.median(result[k]) for k in ("empty", "backlog", "steady"))
-    n = len(result["empty"])
+    times = result["times"]
+    median = {name: statistics.median(values) for name, values in times.items()}
+    empty = median["empty"]
+    n = result["n_files"]
     print(f"\n(a) landing-sensor tick: scan_landing() registering 4 new {SMALL_SIZE}x{SMALL_SIZE}-pixel downlinks "
-          f"(median of {n} ticks)")
-    print(f"    setup: {result['n_files']} registered files ({result['n_packets']} packets), distinct 1-minute "
-          f"downlinks; simulated in {result['simulate_s']:.1f} s, registered in {result['register_s']:.1f} s "
-          f"({result['register_s'] / max(result['n_files'], 1) * 1000:.1f} ms/file)")
-    print(f"    only the 4 new files, empty catalog             : {_fmt(empty)}")
-    print(f"    + {result['n_files']} registered, image packets pending : {_fmt(backlog)}   ratio {backlog / empty:.1f}x")
-    print(f"    + {result['n_files']} registered, all packets used      : {_fmt(steady)}   ratio {steady / empty:.1f}x")
-    print(f"    ticks (s): empty {[round(t, 4) for t in result['empty']]}, backlog "
-          f"{[round(t, 4) for t in result['backlog']]}, steady {[round(t, 4) for t in result['steady']]}")
-    print("    parts of a steady tick with no new file:")
+          f"(median of {len(times['empty'])} ticks per case, cases interleaved)")
+    print(f"    setup: {n} registered files ({result['n_packets']} packets), distinct 1-minute downlinks; "
+          f"simulated in {result['simulate_s']:.1f} s, registered in {result['register_s']:.1f} s "
+          f"({result['register_s'] / max(n, 1) * 1000:.1f} ms/file)")
+    rows = [("empty", "only the 4 new files, fresh empty catalog"),
+            ("nearly_empty", "4 new files, catalog holding 4 files"),
+            ("backlog", f"4 new + {n} registered, images pending"),
+            ("steady", f"4 new + {n} registered, all packets used")]
+    for name, label in rows:
+        ratio = "" if name == "empty" else f"   ratio {median[name] / empty:.2f}x"
+        print(f"    {label:44s}: {_fmt(median[name]):>9s}{ratio}")
+    for name, _ in rows:
+        print(f"      {name} ticks (ms): {[round(t * 1000, 1) for t in times[name]]}")
+    print(f"    parts of a tick with no new file, {n} registered:")
     for name, seconds in result["parts"].items():
-        print(f"      {name:36s} {_fmt(seconds)}")
+        print(f"      {name:40s} {_fmt(seconds)}")
 
 
 def print_throughput(results: list[dict], n_images: int, size: int, hours: float) -> None:
-    print(f"\n(b) Level 0 throughput: {hours} h of telemetry at {size}x{size}, {n_images} images simulated; "
-          "each side in a fresh subprocess with its own catalog/archive")
-    header = (f"    {'side':8s} {'images':>6s} {'run s':>8s} {'img/min':>8s} {'+pb imp s':>9s} {'img/min':>8s} "
-              f"{'process s':>9s} {'img/min':>8s} {'peak RSS':>9s}")
-    print(header)
-    rates: dict[str, list[tuple[float, float, float]]] = {}
+    print(f"\n(b) Level 0 throughput: {hours} h of telemetry at {size}x{size} ({n_images} images), each side in a "
+          "fresh subprocess with its own catalog, archive and landing folder")
+    print("    run = registration + formation (dagster: run_process; plain: scan_landing + form_window loop);")
+    print("    +pb = run + punchbowl import; process = whole fresh subprocess as the parent sees it; "
+          "cpu = CPU seconds of the run")
+    print(f"    {'side':8s} {'images':>6s} {'run s':>7s} {'img/min':>7s} {'+pb s':>7s} {'img/min':>7s} "
+          f"{'process s':>9s} {'img/min':>7s} {'cpu s':>7s} {'img/cpu-min':>11s} {'peak RSS':>9s} {'load avg':>9s}")
+    rates: dict[str, list[tuple[float, ...]]] = {}
     for r in results:
         images = r["images"]
         with_import = r["run_s"] + r["punchbowl_import_s"]
-        rate = (60 * images / r["run_s"], 60 * images / with_import, 60 * images / r["process_wall_s"])
+        rate = (60 * images / r["run_s"], 60 * images / with_import, 60 * images / r["process_wall_s"],
+                60 * images / r["run_cpu_s"])
         rates.setdefault(r["side"], []).append(rate)
-        print(f"    {r['side']:8s} {images:6d} {r['run_s']:8.1f} {rate[0]:8.1f} {with_import:9.1f} {rate[1]:8.1f} "
-              f"{r['process_wall_s']:9.1f} {rate[2]:8.1f} {r['peak_rss_mb']:7.0f} MB")
+        print(f"    {r['side']:8s} {images:6d} {r['run_s']:7.1f} {rate[0]:7.1f} {with_import:7.1f} {rate[1]:7.1f} "
+              f"{r['process_wall_s']:9.1f} {rate[2]:7.1f} {r['run_cpu_s']:7.1f} {rate[3]:11.1f} "
+              f"{r['peak_rss_mb']:6.0f} MB {r['load_before']:4.1f}>{r['load_after']:<4.1f}")
     for r in results:
         extra = (f"registration {r['register_s']:.1f} s of the run, statuses {r['statuses']}" if r["side"] == "plain"
                  else f"summary {r['summary']}")
-        print(f"    {r['side']}: base imports (dagster, punchpipe_assets) {r['base_imports_s']:.1f} s, punchbowl import "
-              f"{r['punchbowl_import_s']:.1f} s; {extra}")
+        print(f"    {r['side']}: imports dagster+punchpipe_assets {r['base_imports_s']:.1f} s, punchbowl "
+              f"{r['punchbowl_import_s']:.1f} s; CPU of its own subprocesses {r['subprocess_cpu_s']:.1f} s; {extra}")
     if "dagster" in rates and "plain" in rates:
-        dagster = [statistics.median(x[i] for x in rates["dagster"]) for i in range(3)]
-        plain = [statistics.median(x[i] for x in rates["plain"]) for i in range(3)]
-        print("    ratio dagster/plain images per minute:")
-        for i, label in enumerate(("run only (punchbowl already imported)", "run + punchbowl import",
-                                   "whole fresh process (operator's first run)")):
-            print(f"      {label:44s} {dagster[i]:7.1f} / {plain[i]:7.1f} = {dagster[i] / plain[i]:.3f}")
+        print("    ratio dagster / plain, images per minute (median per side):")
+        labels = ("run only (punchbowl already imported)", "run + punchbowl import",
+                  "whole fresh process (operator's first run)", "per CPU-minute of the run")
+        for i, label in enumerate(labels):
+            dagster = statistics.median(x[i] for x in rates["dagster"])
+            plain = statistics.median(x[i] for x in rates["plain"])
+            print(f"      {label:44s} {dagster:7.1f} / {plain:7.1f} = {dagster / plain:.3f}")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_HOME", "/tmp/prefecthome")
@@ -68,10 +68,8 @@ def patch(owner, attribute: str, name: str) -> None:
 
 
 def install_timers() -> None:
-    import hashlib
     import os as os_module
 
-    import numpy as np
     import punchbowl.auto.flows.level0 as pb_level0
     import punchbowl.data as pb_data
     import punchbowl.data.punch_io as pb_io
@@ -81,17 +79,22 @@ def install_timers() -> None:
     import punchpipe_assets.formation as formation
     import punchpipe_assets.resources.archive as archive
 
-    patch(formation.Level0Former, "form_image", "form_image: other (python glue, dict building)")
+    patch(formation.Level0Former, "form_window", "form_window: other (window queries, packet state updates)")
+    patch(formation.Level0Former, "form_image", "form_image: other (python glue, fingerprint)")
+    # Newer formation.py: images of a window are prepared, then keywords computed for all, then written.
+    if hasattr(formation.Level0Former, "_position_keywords"):
+        patch(formation.Level0Former, "_position_keywords", "_position_keywords: other (per-window batch)")
+    if hasattr(formation.Level0Former, "_write"):
+        patch(formation.Level0Former, "_write", "_write: other (ProductFile, lineage rows)")
     patch(formation.Level0Former, "_build_cube", "_build_cube: other (PUNCHCube, meta assignment, imports)")
     patch(formation, "_order_image_packets", "order packets")
     patch(formation, "_nearest", "catalog: _nearest engineering queries (python side)")
-    patch(formation, "_decode_one", "_decode_one: pfw + 2 attitude (python side)")
+    patch(formation, "_decode_one", "_decode_one: engineering packets (python side)")
     patch(formation, "decode_packets", "ccsdspy decode_packets + tai_to_utc")
     patch(formation, "decode_image_payload", "JPEG-LS decode (decode_image_payload)")
     patch(formation, "_interpolate_attitude", "attitude slerp")
     patch(formation, "_parse_fits_time", "parse DATE-OBS")
     patch(formation.PacketReader, "read", "read packet bytes from .tlm")
-    patch(formation.hashlib, "sha256", "sha256 (fingerprint / file hash)")
     for function in ("unpack_compression_settings", "unpack_acquisition_settings", "determine_file_type",
                      "organize_compression_and_acquisition_settings", "organize_gain_info"):
         patch(pb_level0, function, "punchbowl: unpack settings / file type / gain")
@@ -109,7 +112,6 @@ def install_timers() -> None:
     patch(Session, "scalars", "catalog: Session.scalars (queries)")
     patch(Session, "flush", "catalog: Session.flush (inserts/updates)")
     patch(Session, "commit", "catalog: commit (per window)")
-    del hashlib, np
 
 
 def main() -> None:
@@ -168,7 +170,7 @@ def main() -> None:
             profiler.dump_stats(str(args.cprofile))
 
         accounted = sum(TOTALS.values())
-        print(f"\nform_image at {args.size}x{args.size}: {n_images} images, {wall:.1f} s wall "
+        print(f"\nLevel 0 formation (form_window) at {args.size}x{args.size}: {n_images} images, {wall:.1f} s wall "
               f"({wall / n_images * 1000:.0f} ms/image, {60 * n_images / wall:.1f} images/min)"
               f"{' under cProfile' if profiler else ''}; timers cover {accounted / wall:.1%} of the wall time")
         print(f"{'per image (ms)':>15s} {'share':>6s} {'calls/img':>9s}  step")

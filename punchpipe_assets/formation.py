@@ -7,11 +7,13 @@ complete or unchanged, and records lineage.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +426,7 @@ class Level0Former:
         telemetry_names = formation.outcome.telemetry_files
         import punchbowl
         import quaternion  # noqa: F401 - registers np.quaternion, used by punchbowl's helpers
+        from astropy import units as u
         from punchbowl.auto.flows.level0 import (
             determine_file_type,
             form_preliminary_wcs,
@@ -432,9 +435,9 @@ class Level0Former:
             unpack_acquisition_settings,
             unpack_compression_settings,
         )
-        from punchbowl.data import NormalizedMetadata
         from punchbowl.data.punch_io import _update_statistics
         from punchbowl.data.punchcube import PUNCHCube
+        from punchbowl.data.wcs import extract_crota_from_wcs
 
         definition = self.packet_set.by_kind("image")
         prefix = definition.name
@@ -496,14 +499,15 @@ class Level0Former:
             "interp_quat": _interpolate_attitude(xact_before, before, xact_after, after, observation_time),
         }
         wcs = form_preliminary_wcs(camera.obs, position_info, float(self.settings.plate_scale_deg[camera.obs]))
-        meta = NormalizedMetadata.load_template(f"{file_type}{camera.obs}", "0")
+        meta = _level0_template(f"{file_type}{camera.obs}")
         for key, value in fits_info.items():
             meta[key] = value
         cube = PUNCHCube(data=image, meta=meta, wcs=wcs)
         cube.meta.provenance = telemetry_names
         cube.meta.history.add_now("punchpipe level0", f"formed by punchpipe-dagster {LEVEL0_CODE_VERSION}")
         _update_statistics(cube, modify_inplace=True)
-        cube.meta["CROTA"] = cube.meta.to_fits_header(cube.wcs, False)["CROTA"]
+        # The expression punchbowl's to_fits_header uses for CROTA, without building a whole header.
+        cube.meta["CROTA"] = extract_crota_from_wcs(cube.wcs).to(u.deg).value
 
         flags = []
         zero_fraction = cube.meta["DATAZER"].value / image.size
@@ -517,6 +521,18 @@ class Level0Former:
         if missing:
             flags.append(f"{missing} packets missing")
         return cube, flags
+
+
+@lru_cache(maxsize=32)
+def _cached_template(product_code: str):
+    from punchbowl.data import NormalizedMetadata
+
+    return NormalizedMetadata.load_template(product_code, "0")
+
+
+def _level0_template(product_code: str):
+    """A fresh Level 0 metadata template (loading one from punchbowl's tables costs ~50 ms)."""
+    return copy.deepcopy(_cached_template(product_code))
 
 
 def _interpolate_attitude(before_packet: Packet, before: dict, after_packet: Packet, after: dict, when: datetime):

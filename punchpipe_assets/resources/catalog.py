@@ -87,7 +87,7 @@ class Packet(Base):
     seq_flag: Mapped[int] = mapped_column(Integer)
     seq_count: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(40), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_attempt: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
