@@ -54,7 +54,6 @@ class ImageOutcome:
     sha256: str | None = None
     file_type: str | None = None
     telemetry_files: list[str] = field(default_factory=list)
-    n_packets: int = 0
     flags: list[str] = field(default_factory=list)
 
 
@@ -164,12 +163,6 @@ def _nearest(
     return session.scalars(query.order_by(Packet.id.desc()).limit(1)).first()
 
 
-def _decode_one(packet_set: PacketSet, reader: PacketReader, packet: Packet) -> dict:
-    definition = packet_set.by_apid[packet.apid]
-    raw = reader.read(packet.telemetry_file.path, packet.byte_offset, packet.length)
-    return {key: values[0] for key, values in decode_packets(definition, [raw]).items()}
-
-
 class Level0Former:
     """Forms the Level 0 images of one camera, window by window.
 
@@ -202,6 +195,15 @@ class Level0Former:
         self.now = now or utcnow()
         self.run_id = run_id
         self.reader = PacketReader()
+        self._engineering: dict[int, dict] = {}
+
+    def _decode_engineering(self, packet: Packet) -> dict:
+        """The fields of one engineering packet; decoded once, as many images share it."""
+        if packet.id not in self._engineering:
+            definition = self.packet_set.by_apid[packet.apid]
+            raw = self.reader.read(packet.telemetry_file.path, packet.byte_offset, packet.length)
+            self._engineering[packet.id] = {k: v[0] for k, v in decode_packets(definition, [raw]).items()}
+        return self._engineering[packet.id]
 
     def form_window(
         self, camera: Camera, start: datetime, end: datetime, partition_key: str | None = None
@@ -260,7 +262,7 @@ class Level0Former:
         for packet in superseded:
             packet.state, packet.reason = "skipped", "superseded by a newer copy of the same segment"
         telemetry_names = sorted({p.telemetry_file.name for p in ordered})
-        outcome = ImageOutcome(acquisition_time, "waiting", telemetry_files=telemetry_names, n_packets=len(ordered))
+        outcome = ImageOutcome(acquisition_time, "waiting", telemetry_files=telemetry_names)
         first_received = min(p.telemetry_file.registered_at for p in ordered)
         deadline = first_received + timedelta(hours=self.settings.replay_wait_hours)
         may_wait = self.now < deadline
@@ -361,7 +363,7 @@ class Level0Former:
             )
             midpoints.append(midpoint)
             nearest_packets.append(packet)
-            nearest_values.append(_decode_one(self.packet_set, self.reader, packet))
+            nearest_values.append(self._decode_engineering(packet))
         columns = {key: np.array([values[key] for values in nearest_values]) for key in nearest_values[0]}
         vectors = organize_spacecraft_position_keywords(midpoints, nearest_packets[0], columns)
         return [
@@ -443,9 +445,9 @@ class Level0Former:
         prefix = definition.name
         compression = unpack_compression_settings(int(decoded[f"{prefix}_HDR_COM_SET"][0]))
         acquisition = unpack_acquisition_settings(int(decoded[f"{prefix}_HDR_ACQ_SET"][0]))
-        pfw_values = _decode_one(self.packet_set, self.reader, pfw)
-        before = _decode_one(self.packet_set, self.reader, xact_before)
-        after = _decode_one(self.packet_set, self.reader, xact_after)
+        pfw_values = self._decode_engineering(pfw)
+        before = self._decode_engineering(xact_before)
+        after = self._decode_engineering(xact_after)
 
         acquisition_time = decoded["timestamp"][0]
         observation_time = acquisition_time + CLEARING_OFFSET
