@@ -41,7 +41,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -793,6 +793,47 @@ def synthesize_calibration(
                         writer = _hdul_writer(hdul)
                     write_atomically(path, writer)
                     written.append(path)
+    return written
+
+
+def synthesize_stray_light_models(
+    archive_root: Path,
+    camera: Camera,
+    date_obs: datetime,
+    file_version: str = "1",
+    size: int = SCIENCE_SIZE,
+    n_crota_bins: int = 2,
+    codes: Sequence[str] = ("SM", "SZ", "SP", "SR"),
+    level: float = 1e-13,
+) -> list[Path]:
+    """Write small stand-in stray-light models (``S?``) into the archive, for tests at any size.
+
+    Real models come from punchbowl's ``estimate_stray_light``, which needs 2048x2048 frames. These
+    have the format ``remove_stray_light_task`` reads: a PUNCH cube of shape
+    ``(n_crota_bins, size, size)`` with the ``S{pol}{obs}`` template (TELESCOP, OBSLAYR1) and
+    DATE-AVG/BEG/END (the model's day). The level is a smooth radial ramp times ``level``,
+    slightly different per bin and per day, so two models differ.
+
+    Returns
+    -------
+    list[Path]
+        The files written (``{archive_root}/1/{code}{obs}/YYYY/MM/DD/``).
+    """
+    from punchbowl.data.punchcube import PUNCHCube
+
+    date_obs = _naive_utc(date_obs)
+    archive = ArchiveResource(root=str(archive_root))
+    ramp = 1 + _radius(size) / np.float32(_radius(size).max())
+    drift = 1 + 0.01 * (date_obs - datetime(2025, 1, 1)).days
+    data = np.stack([ramp * np.float32(level * drift * (1 + 0.1 * b)) for b in range(n_crota_bins)])
+    written = []
+    for code in codes:
+        meta = _metadata(code, camera.obs, date_obs, file_version)
+        for keyword, offset in (("DATE-BEG", -12), ("DATE-AVG", 0), ("DATE-END", 12)):
+            meta[keyword] = (date_obs + timedelta(hours=offset)).strftime("%Y-%m-%dT%H:%M:%S")
+        path = archive.product_path("1", code, camera.obs, date_obs, file_version)
+        archive.write_cube(PUNCHCube(data=data.astype(np.float32), wcs=_camera_wcs(camera, size), meta=meta), path)
+        written.append(path)
     return written
 
 

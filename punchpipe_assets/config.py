@@ -58,6 +58,66 @@ class SensorSettings(BaseModel):
     interval_seconds: int = Field(30, ge=1)
 
 
+class AutomationSettings(BaseModel):
+    """Declarative Automation and run priorities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lookback_days: float = Field(
+        3.0, gt=0, description="Late Level 0 data this many days old are still carried to Level 1 automatically."
+    )
+    interval_seconds: int = Field(30, ge=1, description="How often the automation sensor evaluates.")
+    newest_priority: int = Field(
+        10, description="Run priority (dagster/priority) of the sensor's Level 0 runs of the newest hours."
+    )
+    automatic_priority: int = Field(
+        5, description="Priority of automation runs; operator backfills (priority 0) run behind."
+    )
+
+
+class StrayLightSettings(BaseModel):
+    """Settings of the stray-light models (punchbowl's ``estimate_stray_light``).
+
+    Defaults: one day of early frames per model (the model's own day), punchbowl's own
+    parameters (30 CROTA bins 45 degrees wide, a 5-pixel neighbourhood every 10 pixels).
+    ``min_frames`` is 51 because punchbowl's corona subtraction needs 51 inputs (clear frames, or
+    M/Z/P triplets for polarized models) within 30 hours, spanning more than 6 hours.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_days: float = Field(1.0, gt=0, description="Days of early frames per model, centred on its 12:00 UTC.")
+    min_frames: int = Field(
+        51, ge=1, description="Fewest inputs (clear frames, or M/Z/P triplets) a model is built from."
+    )
+    n_crota_bins: int = Field(30, ge=1, description="Roll-angle (CROTA) bins of each model.")
+    crota_bin_width: float = Field(45.0, gt=0, le=360, description="Width of each CROTA bin, degrees.")
+    stride: int = Field(10, ge=1, description="Pixels between fitted neighbourhoods (punchbowl's default).")
+    window_size: int = Field(5, ge=1, description="Neighbourhood edge in pixels; odd.")
+    num_workers: int = Field(2, ge=1, description="Worker processes of estimate_stray_light.")
+
+    @field_validator("window_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("window_size must be odd (punchbowl centres the neighbourhood on a pixel)")
+        return value
+
+
+class PoolSettings(BaseModel):
+    """Dagster concurrency pool limits: how many steps of a pool run at once across all runs.
+
+    Memory, not CPU, limits concurrency: ``punchbowl`` steps (Level 0, early Level 1) hold up to
+    about 2 GB each, ``punchbowl_large_memory`` steps (stray-light models, late and quick Level 1)
+    about 6 GB. The defaults fit a 24 GB machine.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    punchbowl: int = Field(3, ge=1)
+    punchbowl_large_memory: int = Field(1, ge=1)
+
+
 class PipelineConfig(BaseModel):
     """The whole validated configuration of one pipeline installation."""
 
@@ -78,6 +138,9 @@ class PipelineConfig(BaseModel):
     )
     level0: Level0Settings = Field(default_factory=Level0Settings)
     sensor: SensorSettings = Field(default_factory=SensorSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    stray_light: StrayLightSettings = Field(default_factory=StrayLightSettings)
+    pools: PoolSettings = Field(default_factory=PoolSettings)
 
     @field_validator("home")
     @classmethod
@@ -132,3 +195,21 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
         data = yaml.safe_load(Path(candidate).read_text()) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+def immediate_config(home: str | os.PathLike, catalog_url: str | None = None) -> PipelineConfig:
+    """A configuration under ``home`` that processes at once: no settle time, no replay wait.
+
+    For tests and benchmarks, where simulated files are written atomically and complete. The
+    catalog is SQLite in ``home`` unless ``catalog_url`` is given. Folders are created.
+    """
+    home = Path(home)
+    config = load_config(
+        None,
+        home=str(home),
+        catalog_url=catalog_url or f"sqlite:///{home / 'catalog.sqlite'}",
+        level0={"replay_wait_hours": 0.0},
+        sensor={"settle_seconds": 0.0},
+    )
+    config.make_dirs()
+    return config

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -27,6 +29,9 @@ from punchpipe_assets.calibration import (
 from punchpipe_assets.cameras import Camera
 from punchpipe_assets.resources.archive import ArchiveResource
 from punchpipe_assets.resources.catalog import CalibrationDelivery, FileRelationship, ProductFile, utcnow
+
+if TYPE_CHECKING:
+    from ndcube import NDCube
 
 # Bumped whenever the way an early Level 1 file is made changes; part of every file's fingerprint.
 LEVEL1_EARLY_CODE_VERSION = "level1-early-v1"
@@ -47,7 +52,7 @@ class FrameOutcome:
     calibration: list[dict] = field(default_factory=list)
 
 
-def _active_calibration(session: Session, obs: str) -> dict[str, list[tuple[CalibrationCandidate, ProductFile]]]:
+def installed_calibration(session: Session, obs: str) -> dict[str, list[tuple[CalibrationCandidate, ProductFile]]]:
     """Installed, selectable calibration files of a camera by product code."""
     rows = session.execute(
         select(ProductFile)
@@ -64,16 +69,20 @@ def _active_calibration(session: Session, obs: str) -> dict[str, list[tuple[Cali
 
 
 def select_frame_calibration(
-    session: Session, level0: ProductFile
+    session: Session,
+    level0: ProductFile,
+    available: dict[str, list[tuple[CalibrationCandidate, ProductFile]]] | None = None,
 ) -> tuple[dict[str, list[CalibrationCandidate]], list[ProductFile]]:
     """Select every calibration file a Level 0 frame needs, by the operational rule.
+
+    ``available``: the camera's installed files, when the caller selects for many frames.
 
     Returns
     -------
     tuple
         Kind name to the selected candidates, and the catalogue rows of all selected files.
     """
-    available = _active_calibration(session, level0.observatory)
+    available = available if available is not None else installed_calibration(session, level0.observatory)
     selection: dict[str, list[CalibrationCandidate]] = {}
     rows: list[ProductFile] = []
     for kind_name, code in calibration_codes_for(level0.file_type, level0.observatory).items():
@@ -85,8 +94,91 @@ def select_frame_calibration(
     return selection, rows
 
 
-class Level1EarlyProcessor:
-    """Makes the early Level 1 products of one camera, window by window.
+def product_fingerprint(*parts: object) -> str:
+    """SHA-256 of everything a product is made from (code version, file version, input digests).
+
+    A product whose catalogued fingerprint equals the new one is not made again.
+    """
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def describe_file(product: ProductFile) -> dict:
+    """A calibration (or other input) file as ``FrameOutcome.calibration`` lists it."""
+    return {
+        "file": Path(product.path).name,
+        "code": product.file_type,
+        "version": product.file_version,
+        "sha256": product.sha256,
+    }
+
+
+def existing_product(session: Session, code: str, obs: str, date_obs: datetime, version: str) -> ProductFile | None:
+    """The catalogued Level 1 product of a code, camera, DATE-OBS and file version, if any."""
+    return session.scalars(
+        select(ProductFile).where(
+            ProductFile.level == "1",
+            ProductFile.file_type == code,
+            ProductFile.observatory == obs,
+            ProductFile.date_obs == date_obs,
+            ProductFile.file_version == version,
+        )
+    ).first()
+
+
+def catalog_product(
+    session: Session,
+    existing: ProductFile | None,
+    *,
+    code: str,
+    obs: str,
+    date_obs: datetime,
+    file_version: str,
+    path: Path,
+    sha256: str,
+    fingerprint: str,
+    parents: Sequence[ProductFile],
+    acquisition_time: datetime | None = None,
+    partition_key: str | None = None,
+    run_id: str | None = None,
+) -> ProductFile:
+    """Record a level 1 product and replace its lineage rows by one per input file."""
+    product = existing or ProductFile(
+        level="1", file_type=code, observatory=obs, date_obs=date_obs, file_version=file_version
+    )
+    product.acquisition_time, product.path, product.sha256 = acquisition_time, str(path), sha256
+    product.fingerprint, product.state, product.partition_key = fingerprint, "created", partition_key
+    product.dagster_run_id, product.date_created = run_id, utcnow()
+    session.add(product)
+    session.flush()
+    session.execute(delete(FileRelationship).where(FileRelationship.child_id == product.id))
+    session.add_all([FileRelationship(parent_id=parent.id, child_id=product.id) for parent in parents])
+    return product
+
+
+def window_products(
+    session: Session, level: str, obs: str, codes: Sequence[str], start: datetime, end: datetime
+) -> list[ProductFile]:
+    """Products of a level, camera and codes acquired in ``[start, end)``, by DATE-OBS."""
+    return list(
+        session.scalars(
+            select(ProductFile)
+            .where(
+                ProductFile.level == level,
+                ProductFile.observatory == obs,
+                ProductFile.file_type.in_(codes),
+                ProductFile.acquisition_time >= start,
+                ProductFile.acquisition_time < end,
+            )
+            .order_by(ProductFile.date_obs)
+        )
+    )
+
+
+class FrameProcessor:
+    """Makes one Level 1 product per input frame of a camera, window by window.
+
+    Subclasses pick the input frames (``frames``) and make each product (``process_frame``, which
+    ends in ``make_product``).
 
     Parameters
     ----------
@@ -98,6 +190,92 @@ class Level1EarlyProcessor:
         Version of the products.
     run_id
         The Dagster run, recorded with each product.
+    """
+
+    def __init__(
+        self, session: Session, archive: ArchiveResource, file_version: str = "1", run_id: str | None = None
+    ) -> None:
+        self.session, self.archive, self.file_version, self.run_id = session, archive, file_version, run_id
+
+    def frames(self, camera: Camera, start: datetime, end: datetime) -> list[ProductFile]:
+        """Input frames of a camera acquired in ``[start, end)``."""
+        raise NotImplementedError
+
+    def process_frame(self, frame: ProductFile, partition_key: str | None = None) -> FrameOutcome:
+        """Make the product of one input frame, unless its inputs did not change."""
+        raise NotImplementedError
+
+    def process_window(
+        self, camera: Camera, start: datetime, end: datetime, partition_key: str | None = None
+    ) -> list[FrameOutcome]:
+        """Make or confirm the product of every input frame in the window.
+
+        A frame that fails is recorded with its reason and does not stop the others.
+        """
+        return [self.process_frame(frame, partition_key) for frame in self.frames(camera, start, end)]
+
+    def make_product(
+        self,
+        outcome: FrameOutcome,
+        frame: ProductFile,
+        code: str,
+        fingerprint: str,
+        parents: Sequence[ProductFile],
+        make_cube: Callable[[], NDCube],
+        partition_key: str | None = None,
+    ) -> FrameOutcome:
+        """Write and catalogue the product of a frame, unless the catalogued one is up to date.
+
+        Parameters
+        ----------
+        outcome
+            The frame's outcome, updated and returned.
+        frame
+            The input frame: the product takes its camera, DATE-OBS and acquisition time.
+        code
+            Product code.
+        fingerprint
+            ``product_fingerprint`` of everything the product is made from.
+        parents
+            Every input file, recorded as lineage.
+        make_cube
+            Runs punchbowl; an exception fails the frame with its reason.
+        partition_key
+            The partition, recorded with the product.
+
+        Returns
+        -------
+        FrameOutcome
+            ``unchanged`` (same fingerprint, file present), ``made``, or ``failed`` with the reason.
+        """
+        existing = existing_product(self.session, code, frame.observatory, frame.date_obs, self.file_version)
+        if existing is not None and existing.fingerprint == fingerprint and Path(existing.path).exists():
+            outcome.status, outcome.path, outcome.sha256 = "unchanged", existing.path, existing.sha256
+            return outcome
+        try:
+            cube = make_cube()
+            path = self.archive.product_path("1", code, frame.observatory, frame.date_obs, self.file_version)
+            sha256 = self.archive.write_cube(cube, path, skip_stats=False)
+        except Exception as error:  # noqa: BLE001 - a failed frame is recorded, the others go on
+            outcome.reason = f"{type(error).__name__}: {error}\n" + traceback.format_exc(limit=3)
+            return outcome
+        catalog_product(
+            self.session, existing, code=code, obs=frame.observatory, date_obs=frame.date_obs,
+            file_version=self.file_version, path=path, sha256=sha256, fingerprint=fingerprint,
+            parents=parents, acquisition_time=frame.acquisition_time,
+            partition_key=partition_key, run_id=self.run_id,
+        )
+        outcome.status, outcome.path, outcome.sha256 = "made", str(path), sha256
+        return outcome
+
+
+class Level1EarlyProcessor(FrameProcessor):
+    """Makes the early Level 1 products of one camera, window by window.
+
+    Parameters
+    ----------
+    session, archive, file_version, run_id
+        As for ``FrameProcessor``.
     max_workers
         Passed to ``level1_early_core_flow``.
     """
@@ -110,24 +288,14 @@ class Level1EarlyProcessor:
         run_id: str | None = None,
         max_workers: int = 2,
     ) -> None:
-        self.session, self.archive, self.file_version = session, archive, file_version
-        self.run_id, self.max_workers = run_id, max_workers
+        super().__init__(session, archive, file_version, run_id)
+        self.max_workers = max_workers
 
-    def level0_frames(self, camera: Camera, start: datetime, end: datetime) -> list[ProductFile]:
+    def frames(self, camera: Camera, start: datetime, end: datetime) -> list[ProductFile]:
         """Science Level 0 frames of a camera acquired in ``[start, end)``."""
-        return list(
-            self.session.scalars(
-                select(ProductFile)
-                .where(
-                    ProductFile.level == "0",
-                    ProductFile.observatory == camera.obs,
-                    ProductFile.file_type.in_(SCIENCE_CODES),
-                    ProductFile.acquisition_time >= start,
-                    ProductFile.acquisition_time < end,
-                )
-                .order_by(ProductFile.date_obs)
-            )
-        )
+        return window_products(self.session, "0", camera.obs, SCIENCE_CODES, start, end)
+
+    level0_frames = frames  # the name callers outside the pipeline (benchmarks) use
 
     def despike_neighbours(self, level0: ProductFile) -> list[ProductFile]:
         """Frames of the same camera and product code within 15 minutes, without missing packets."""
@@ -144,79 +312,33 @@ class Level1EarlyProcessor:
         ).all()
         return sorted(rows, key=lambda p: abs((p.date_obs - level0.date_obs).total_seconds()))[:DESPIKE_NEIGHBOURS]
 
-    def process_window(
-        self, camera: Camera, start: datetime, end: datetime, partition_key: str | None = None
-    ) -> list[FrameOutcome]:
-        """Make or confirm the early Level 1 product of every science frame in the window.
-
-        A frame that fails is recorded with its reason and does not stop the others.
-        """
-        return [self.process_frame(level0, partition_key) for level0 in self.level0_frames(camera, start, end)]
-
-    def process_frame(self, level0: ProductFile, partition_key: str | None = None) -> FrameOutcome:
+    def process_frame(self, frame: ProductFile, partition_key: str | None = None) -> FrameOutcome:
         """Make the early Level 1 product of one Level 0 frame, unless its inputs did not change."""
-        outcome = FrameOutcome(Path(level0.path).name, "failed")
-        selection, calibration_rows = select_frame_calibration(self.session, level0)
-        outcome.calibration = [
-            {"file": Path(p.path).name, "code": p.file_type, "version": p.file_version, "sha256": p.sha256}
-            for p in calibration_rows
-        ]
+        outcome = FrameOutcome(Path(frame.path).name, "failed")
+        selection, calibration_rows = select_frame_calibration(self.session, frame)
+        outcome.calibration = [describe_file(p) for p in calibration_rows]
         if not calibration_rows:
             outcome.status, outcome.reason = "no_calibration", "no calibration file dated before the frame"
             return outcome
-        neighbours = self.despike_neighbours(level0)
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                [
-                    LEVEL1_EARLY_CODE_VERSION,
-                    self.file_version,
-                    level0.sha256,
-                    sorted(p.sha256 for p in calibration_rows),
-                    sorted(p.sha256 for p in neighbours),
-                ]
-            ).encode()
-        ).hexdigest()
-        code = "X" + level0.file_type[1]
-        existing = self.session.scalars(
-            select(ProductFile).where(
-                ProductFile.level == "1",
-                ProductFile.file_type == code,
-                ProductFile.observatory == level0.observatory,
-                ProductFile.date_obs == level0.date_obs,
-                ProductFile.file_version == self.file_version,
-            )
-        ).first()
-        if existing is not None and existing.fingerprint == fingerprint and Path(existing.path).exists():
-            outcome.status, outcome.path, outcome.sha256 = "unchanged", existing.path, existing.sha256
-            return outcome
-        try:
-            cube = run_early_flow(
-                level0.path, [p.path for p in neighbours], early_flow_arguments(selection), self.max_workers
-            )
-            path = self.archive.product_path("1", code, level0.observatory, level0.date_obs, self.file_version)
-            sha256 = self.archive.write_cube(cube, path, skip_stats=False)
-        except Exception as error:  # noqa: BLE001 - a failed frame is recorded, the others go on
-            outcome.reason = f"{type(error).__name__}: {error}"
-            outcome.reason += "\n" + traceback.format_exc(limit=3)
-            return outcome
-        product = existing or ProductFile(
-            level="1",
-            file_type=code,
-            observatory=level0.observatory,
-            date_obs=level0.date_obs,
-            file_version=self.file_version,
+        neighbours = self.despike_neighbours(frame)
+        fingerprint = product_fingerprint(
+            LEVEL1_EARLY_CODE_VERSION,
+            self.file_version,
+            frame.sha256,
+            sorted(p.sha256 for p in calibration_rows),
+            sorted(p.sha256 for p in neighbours),
         )
-        product.acquisition_time, product.path, product.sha256 = level0.acquisition_time, str(path), sha256
-        product.fingerprint, product.state, product.partition_key = fingerprint, "created", partition_key
-        product.dagster_run_id, product.date_created = self.run_id, utcnow()
-        self.session.add(product)
-        self.session.flush()
-        self.session.execute(delete(FileRelationship).where(FileRelationship.child_id == product.id))
-        self.session.add_all(
-            [FileRelationship(parent_id=parent.id, child_id=product.id) for parent in [level0, *calibration_rows]]
+        return self.make_product(
+            outcome,
+            frame,
+            code="X" + frame.file_type[1],
+            fingerprint=fingerprint,
+            parents=[frame, *calibration_rows],
+            make_cube=lambda: run_early_flow(
+                frame.path, [p.path for p in neighbours], early_flow_arguments(selection), self.max_workers
+            ),
+            partition_key=partition_key,
         )
-        outcome.status, outcome.path, outcome.sha256 = "made", str(path), sha256
-        return outcome
 
 
 def run_early_flow(level0_path: str, neighbour_paths: list[str], calibration_arguments: dict, max_workers: int = 2):

@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("PREFECT_HOME", "/tmp/punchpipe-prefect-home")
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from punchpipe_assets.config import PipelineConfig, load_config  # noqa: E402
+from punchpipe_assets.config import PipelineConfig, immediate_config  # noqa: E402
 from punchpipe_assets.resources.catalog import CatalogResource  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get("PUNCHPIPE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -69,16 +69,8 @@ def catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, catalog_url: str) -> PipelineConfig:
-    """A configuration whose home is a temporary folder; replay wait and settle time short."""
-    config = load_config(
-        None,
-        home=str(tmp_path / "home"),
-        catalog_url=catalog_url,
-        level0={"replay_wait_hours": 0.0},
-        sensor={"settle_seconds": 0.0},
-    )
-    config.make_dirs()
-    return config
+    """A configuration whose home is a temporary folder; no replay wait, no settle time."""
+    return immediate_config(tmp_path / "home", catalog_url)
 
 
 @pytest.fixture

@@ -35,3 +35,18 @@ def test_invalid_configuration_names_the_field(tmp_path, text, field):
     path.write_text(text)
     with pytest.raises(pydantic.ValidationError, match=field):
         load_config(path)
+
+
+def test_pool_limits_reach_the_instance_and_heavy_steps_use_them(config, instance):
+    """Memory-heavy steps are in pools whose limits the configuration sets on the instance."""
+    from punchpipe_assets.cli import apply_pool_limits
+    from punchpipe_assets.definitions import build_definitions
+
+    config.pools.punchbowl_large_memory = 1
+    assert apply_pool_limits(instance, config) == {"punchbowl": 3, "punchbowl_large_memory": 1}
+    assert instance.event_log_storage.get_concurrency_info("punchbowl_large_memory").slot_count == 1
+    assert instance.event_log_storage.get_concurrency_info("punchbowl").slot_count == 3
+    graph = build_definitions(config).resolve_asset_graph()
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.materializable_asset_keys}
+    assert pools["level0_wfi1"] == {"punchbowl"} and pools["level1_early_nfi4"] == {"punchbowl"}
+    assert pools["level1_late_wfi1"] == pools["level1_stray_light_wfi3"] == {"punchbowl_large_memory"}

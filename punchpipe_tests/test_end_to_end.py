@@ -352,13 +352,15 @@ def initialize_storage(env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
 
 
-def test_landing_to_level0_through_daemon_and_webserver(installation):
-    """Downlinks in, Level 0 out: sensor, daemon, runs, webserver, backfill, all as separate processes."""
-    env, home, log_dir = installation["env"], installation["home"], installation["logs"]
+@contextmanager
+def running_dagster(env: dict[str, str], log_dir: Path) -> Iterator[tuple[GraphQL, Callable[[], None]]]:
+    """dagster-daemon and dagster-webserver on the installation, code location loaded.
+
+    Yields the GraphQL client and a check that both processes are alive; prints their logs if
+    the body fails.
+    """
     workspace = str(REPO / "workspace.yaml")
     port = free_port()
-    started = time.monotonic()
-
     initialize_storage(env)
     try:
         with (
@@ -372,19 +374,26 @@ def test_landing_to_level0_through_daemon_and_webserver(installation):
             alive = ensure_alive(daemon, webserver)
             gql = GraphQL(port)
             check_workspace_loads(gql, alive)
-            print(f"webserver and code location up after {time.monotonic() - started:.1f} s")
-
-            report = simulate(SIMULATION_START, 0.25, installation["tmp"] / "sim", size=SIZE, seed=11)
-            telemetry = {path.name for path in report.files}
-            land(report.files, home / "landing")
-
-            first = check_sensor_runs(gql, alive, telemetry)
-            print(f"sensor runs done after {time.monotonic() - started:.1f} s")
-            check_backfill_is_incremental(gql, alive, first)
-            print(f"backfill done after {time.monotonic() - started:.1f} s")
+            yield gql, alive
     except BaseException:
         print_logs(log_dir)
         raise
+
+
+def test_landing_to_level0_through_daemon_and_webserver(installation):
+    """Downlinks in, Level 0 out: sensor, daemon, runs, webserver, backfill, all as separate processes."""
+    env, home, log_dir = installation["env"], installation["home"], installation["logs"]
+    started = time.monotonic()
+    with running_dagster(env, log_dir) as (gql, alive):
+        print(f"webserver and code location up after {time.monotonic() - started:.1f} s")
+        report = simulate(SIMULATION_START, 0.25, installation["tmp"] / "sim", size=SIZE, seed=11)
+        telemetry = {path.name for path in report.files}
+        land(report.files, home / "landing")
+
+        first = check_sensor_runs(gql, alive, telemetry)
+        print(f"sensor runs done after {time.monotonic() - started:.1f} s")
+        check_backfill_is_incremental(gql, alive, first)
+        print(f"backfill done after {time.monotonic() - started:.1f} s")
 
 
 def check_workspace_loads(gql: GraphQL, alive: Callable[[], None]) -> None:
@@ -482,29 +491,9 @@ def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[st
 def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], before: dict[str, list[dict]]) -> None:
     """Launch a backfill of two cameras as the UI does; check that it completes and rewrites nothing."""
     assets = ["level0_wfi1", "level0_nfi4"]
-    launched = gql(
-        LAUNCH_BACKFILL_MUTATION,
-        backfillParams={"partitionNames": [PARTITION], "assetSelection": [{"path": [a]} for a in assets]},
-    )["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
-
-    terminal = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
-
-    def finished() -> dict | None:
-        backfill = gql(BACKFILL_QUERY, backfillId=backfill_id)["partitionBackfillOrError"]
-        assert backfill["__typename"] == "PartitionBackfill", backfill
-        return backfill if backfill["status"] in terminal else None
-
-    try:
-        backfill = wait_for(f"backfill {backfill_id}", finished, BACKFILL_TIMEOUT, alive)
-    except BaseException:
-        print("runs:", runs_summary(gql))
-        raise
-    assert backfill["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), backfill
-    assert backfill["error"] is None, backfill
+    backfill = launch_backfill_and_wait(gql, alive, assets, [PARTITION])
+    backfill_id = backfill["id"]
     assert backfill["partitionNames"] == [PARTITION]
-    assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill
     backfill_runs = {r["runId"] for r in backfill["runs"]}
 
     for asset in assets:
@@ -521,3 +510,180 @@ def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], befor
         previous = {(o["path"], o["sha256"]) for o in metadata(earlier[0])["outputs"]}
         assert {(o["path"], o["sha256"]) for o in value["outputs"]} == previous
         assert all(o["status"] == "unchanged" for o in value["outputs"])
+
+
+# --------------------------------------------------------------------------------------------
+# Level 1: late data carried on by Declarative Automation; calibration staleness and backfill
+# --------------------------------------------------------------------------------------------
+
+LEVEL1_CAMERA = CAMERAS[1]  # wfi2
+LEVEL1_ASSET = f"level1_early_{LEVEL1_CAMERA.slug}"
+LEVEL1_TIMEOUT = 420.0
+
+STALE_QUERY = """
+query Stale($assetKey: AssetKeyInput!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode { staleStatusByPartition(partitions: $partitions) }
+  }
+}
+"""
+
+
+@pytest.fixture
+def level1_installation(installation: dict[str, Any]) -> dict[str, Any]:
+    """The installation with small calibration files, quick automation and a 48-hour replay wait."""
+    config_path = Path(installation["env"]["PUNCHPIPE_CONFIG"])
+    settings = yaml.safe_load(config_path.read_text())
+    settings.update(
+        calibration_image_size=SIZE,
+        level0={"replay_wait_hours": 48},
+        automation={"interval_seconds": SENSOR_INTERVAL, "lookback_days": 3},
+    )
+    config_path.write_text(yaml.safe_dump(settings))
+    return installation
+
+
+def catalog_level1(env: dict[str, str]) -> dict[str, Any]:
+    """Early Level 1 products of the test camera in the installation's catalog: name -> row."""
+    from sqlalchemy import select
+
+    from punchpipe_assets.config import load_config
+    from punchpipe_assets.resources.catalog import CatalogResource, ProductFile
+
+    config = load_config(env["PUNCHPIPE_CONFIG"], home=env["PUNCHPIPE_HOME"])
+    with CatalogResource(url=config.catalog_url).session() as session:
+        rows = session.scalars(
+            select(ProductFile).where(
+                ProductFile.level == "1",
+                ProductFile.observatory == LEVEL1_CAMERA.obs,
+                ProductFile.file_type.like("X%"),
+            )
+        ).all()
+        return {Path(p.path).name: p for p in rows}
+
+
+def stale_status(gql: GraphQL, asset: str, partitions: list[str]) -> dict[str, str]:
+    """Dagster's staleness of asset partitions, as the UI asks for it."""
+    node = gql(STALE_QUERY, assetKey={"path": [asset]}, partitions=partitions)["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode", node
+    return dict(zip(partitions, node["staleStatusByPartition"], strict=True))
+
+
+def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_partition(level1_installation):
+    """A replay for a day-old hour flows through Level 0 into Level 1 without a human; a new vignetting
+    version makes exactly the partition it changes stale, and a GraphQL backfill of it remakes only its frames."""
+    from datetime import UTC, datetime, timedelta
+
+    from punchpipe_assets.calibration import synthesize_calibration
+
+    installation = level1_installation
+    env, home, log_dir, tmp = installation["env"], installation["home"], installation["logs"], installation["tmp"]
+    hour = (datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=26)).replace(minute=0, second=0, microsecond=0)
+    partitions = [f"{hour:%Y-%m-%d-%H:%M}", f"{hour + timedelta(hours=1):%Y-%m-%d-%H:%M}"]
+    report = simulate(
+        hour + timedelta(minutes=44), 0.4, tmp / "sim", size=SIZE, seed=3, cameras=[LEVEL1_CAMERA],
+        gap_fraction=0.2, replay=True, packet_payload_bytes=1024,
+    )
+    regular = [p for p in report.files if not p.name.endswith("_replay.tlm")]
+    replays = [p for p in report.files if p.name.endswith("_replay.tlm")]
+    assert report.dropped_packets and replays, "the simulation must leave images incomplete until the replay"
+    science = [when for _, when, code in report.images if code != "DK"]
+
+    with running_dagster(env, log_dir) as (gql, alive):
+        # Calibration first (dated three days earlier), installed by the calibration sensor.
+        synthesize_calibration(
+            home / "calibration-landing", hour - timedelta(days=3), file_version="1", size=SIZE,
+            cameras=[LEVEL1_CAMERA],
+        )
+        landing = home / "calibration-landing"
+        wait_for("the calibration sensor to install the delivery", lambda: not any(landing.iterdir()), 120, alive)
+
+        # Regular downlinks with lost packets: the incomplete images wait for their replay.
+        land(regular, home / "landing")
+        first = wait_for(
+            "early Level 1 of both hours from the regular downlinks",
+            lambda: all(materializations(gql, LEVEL1_ASSET, p) for p in partitions) and catalog_level1(env),
+            LEVEL1_TIMEOUT, alive,
+        )
+        assert first
+        made_before_replay = set(catalog_level1(env))
+        assert 0 < len(made_before_replay) < len(science), (len(made_before_replay), len(science))
+
+        # The replay of the day-old hours: Level 0 completes the images, automation carries them on.
+        land(replays, home / "landing")
+        wait_for(
+            "early Level 1 of every replayed image",
+            lambda: len(catalog_level1(env)) == len(science),
+            LEVEL1_TIMEOUT, alive,
+        )
+        products = catalog_level1(env)
+        assert set(products) >= made_before_replay
+        assert {p.partition_key for p in products.values()} == set(partitions)
+        level1_runs = {m["runId"] for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)}
+        assert len(level1_runs) >= 2  # before and after the replay
+        for run_id in level1_runs:  # launched by the daemon's automation, never by a person
+            tags = run(gql, run_id)["tags"]
+            assert tags.get("dagster/priority") == "5", tags
+        wait_for("no Level 1 run in progress", lambda: not runs_in_progress(gql), 120, alive)
+        assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
+
+        # A new vignetting version (GM v2) dated at the start of the second hour.
+        before = {name: (p.sha256, Path(p.path).stat().st_mtime_ns) for name, p in products.items()}
+        later_xm = {n for n, p in products.items() if p.file_type == "XM" and p.partition_key == partitions[1]}
+        assert later_xm
+        staging = tmp / "calibration-v2"
+        for path in synthesize_calibration(staging, hour + timedelta(hours=1), file_version="2", size=SIZE,
+                                           cameras=[LEVEL1_CAMERA], kinds=["vignetting"]):
+            if path.name.startswith("PUNCH_L1_GM"):
+                shutil.move(path, home / "calibration-landing" / path.name)
+        expected = {partitions[0]: "FRESH", partitions[1]: "STALE"}
+        wait_for("the second hour to become stale", lambda: stale_status(gql, LEVEL1_ASSET, partitions) == expected,
+                 120, alive)
+        time.sleep(2 * SENSOR_INTERVAL)  # automation ignores calibration: still stale, nothing ran
+        assert stale_status(gql, LEVEL1_ASSET, partitions) == expected
+        assert not runs_in_progress(gql)
+
+        backfill = launch_backfill_and_wait(gql, alive, [LEVEL1_ASSET], [partitions[1]])
+        new = [m for m in materializations(gql, LEVEL1_ASSET, partitions[1])
+               if m["runId"] in {r["runId"] for r in backfill["runs"]}]
+        assert len(new) == 1, new
+        value = metadata(new[0])
+        assert value["frames_made"] == len(later_xm) and value["frames_failed"] == 0, value
+        after = catalog_level1(env)
+        rewritten = {n for n, p in after.items() if Path(p.path).stat().st_mtime_ns != before[n][1]}
+        assert rewritten == later_xm
+        assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
+
+
+def runs_in_progress(gql: GraphQL) -> list[dict]:
+    """Runs queued or running."""
+    result = gql(RUNS_QUERY, filter={"statuses": ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]})["runsOrError"]
+    assert result["__typename"] == "Runs", result
+    return result["results"]
+
+
+def launch_backfill_and_wait(gql: GraphQL, alive: Callable[[], None], assets: list[str], partitions: list[str]) -> dict:
+    """Launch a backfill as the UI does and wait until it completes successfully."""
+    launched = gql(
+        LAUNCH_BACKFILL_MUTATION,
+        backfillParams={"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]},
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    terminal = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+    def finished() -> dict | None:
+        backfill = gql(BACKFILL_QUERY, backfillId=backfill_id)["partitionBackfillOrError"]
+        assert backfill["__typename"] == "PartitionBackfill", backfill
+        return backfill if backfill["status"] in terminal else None
+
+    try:
+        backfill = wait_for(f"backfill {backfill_id}", finished, BACKFILL_TIMEOUT, alive)
+    except BaseException:
+        print("runs:", runs_summary(gql))
+        raise
+    assert backfill["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), backfill
+    assert backfill["error"] is None, backfill
+    assert backfill["runs"] and all(r["status"] == "SUCCESS" for r in backfill["runs"]), backfill
+    return backfill

@@ -1,9 +1,16 @@
-"""Calibration files: external assets per kind and camera, reported by the calibration sensor."""
+"""Calibration files: external assets per kind and camera, reported by the calibration sensor.
+
+They share the hourly partitions of the products they calibrate. A partition holds no file of
+its own: the calibration sensor reports a delivery in exactly the partitions whose products it
+changes, so that Dagster's staleness of Level 1 follows the selection rule partition by partition
+(one unpartitioned asset would mark every partition stale at each delivery).
+"""
 
 import dagster as dg
 
 from punchpipe_assets.calibration import CALIBRATION_KINDS
 from punchpipe_assets.cameras import CAMERA_BY_OBS, Camera
+from punchpipe_assets.partitions import hourly_partitions
 
 
 def calibration_key(kind: str, camera: Camera) -> dg.AssetKey:
@@ -16,7 +23,9 @@ calibration_specs = [
         calibration_key(kind.name, CAMERA_BY_OBS[obs]),
         group_name="calibration",
         description=f"{kind.name} calibration files ({', '.join(sorted(set(kind.codes.values())))}) of "
-        f"observatory {obs}, delivered by the instrument team and versioned.",
+        f"observatory {obs}, delivered by the instrument team and versioned. A partition is reported "
+        "when a delivery changes the files its hour's products are made with.",
+        partitions_def=hourly_partitions,
         kinds={"fits"},
     )
     for kind in CALIBRATION_KINDS.values()

@@ -2,6 +2,7 @@
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
@@ -15,11 +16,37 @@ from punchpipe_assets.telemetry.packets import load_packet_set
 # Memory-heavy steps share this pool; its limit is set in the instance's dagster.yaml.
 PUNCHBOWL_POOL = "punchbowl"
 IMAGE_QUALITY_CHECK = "image_quality"
+#: Seconds before the first retry of a product asset, by level (doubled for the second retry).
+RETRY_DELAY = {"0": 5, "1": 10}
 
 
 def level0_key(camera: Camera) -> dg.AssetKey:
     """The asset key of a camera's Level 0 products."""
     return dg.AssetKey(f"level0_{camera.slug}")
+
+
+def product_asset_kwargs(camera: Camera, level: str) -> dict[str, Any]:
+    """The ``dg.asset`` keywords every per-camera punchbowl product asset of a level shares.
+
+    Parameters
+    ----------
+    camera
+        The camera.
+    level
+        The product level (``"0"``, ``"1"``).
+
+    Returns
+    -------
+    dict
+        ``group_name`` (``level{level}``), ``retry_policy`` (two retries, ``RETRY_DELAY`` of the
+        level, exponential back-off), ``kinds`` and ``tags`` (level and observatory).
+    """
+    return {
+        "group_name": f"level{level}",
+        "retry_policy": dg.RetryPolicy(max_retries=2, delay=RETRY_DELAY[level], backoff=dg.Backoff.EXPONENTIAL),
+        "kinds": {"fits", "punchbowl"},
+        "tags": {"level": level, "observatory": camera.obs},
+    }
 
 
 def naive_utc(when: datetime) -> datetime:
@@ -108,7 +135,6 @@ def build_level0_asset(camera: Camera) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        group_name="level0",
         description=f"Level 0 images of observatory {camera.obs} ({camera.instrument}): decoded packets, "
         "L0 metadata and a preliminary WCS, as PUNCH_L0_* FITS files.",
         partitions_def=hourly_partitions,
@@ -116,14 +142,12 @@ def build_level0_asset(camera: Camera) -> dg.AssetsDefinition:
         code_version=LEVEL0_CODE_VERSION,
         pool=PUNCHBOWL_POOL,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
             dg.AssetCheckSpec(
                 IMAGE_QUALITY_CHECK, asset=key, description="Outlier statistics, missing packets, images not formed."
             )
         ],
-        kinds={"fits", "punchbowl"},
-        tags={"level": "0", "observatory": camera.obs},
+        **product_asset_kwargs(camera, "0"),
     )
     def level0_camera(
         context: dg.AssetExecutionContext,

@@ -4,7 +4,7 @@ import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +20,9 @@ from punchpipe_assets.calibration import (
 )
 from punchpipe_assets.cameras import CAMERA_BY_OBS
 from punchpipe_assets.config import PipelineConfig
+from punchpipe_assets.level1 import existing_product
+from punchpipe_assets.lineage import partitions_reselecting
+from punchpipe_assets.partitions import hourly_partitions
 from punchpipe_assets.resources import ArchiveResource, CatalogResource, PipelineResource
 from punchpipe_assets.resources.archive import sha256_of, write_atomically
 from punchpipe_assets.resources.catalog import CalibrationDelivery, ProductFile
@@ -40,6 +43,8 @@ class DeliveryResult:
     path: str | None = None
     sha256: str | None = None
     superseded: list[str] = field(default_factory=list)
+    affected: dict[str, list[str]] = field(default_factory=dict)
+    date_obs: datetime | None = None
 
 
 def register_calibration_file(
@@ -65,24 +70,19 @@ def register_calibration_file(
     write_atomically(target, lambda temporary: shutil.copyfile(path, temporary))
     os.unlink(path)
     digest = sha256_of(target)
-    product = session.scalars(
-        select(ProductFile).where(
-            ProductFile.level == "1",
-            ProductFile.file_type == code,
-            ProductFile.observatory == obs,
-            ProductFile.date_obs == date_obs,
-            ProductFile.file_version == version,
-        )
-    ).first() or ProductFile(level="1", file_type=code, observatory=obs, date_obs=date_obs, file_version=version)
+    product = existing_product(session, code, obs, date_obs, version) or ProductFile(
+        level="1", file_type=code, observatory=obs, date_obs=date_obs, file_version=version
+    )
     product.path, product.sha256, product.fingerprint, product.state = str(target), digest, digest, "active"
     session.add(product)
     session.flush()
-    result = DeliveryResult(path.name, "active", None, code, obs, str(target), digest)
+    result = DeliveryResult(path.name, "active", None, code, obs, str(target), digest, date_obs=date_obs)
     session.add(CalibrationDelivery(name=path.name, code=code, observatory=obs, file_id=product.id, state="active"))
     session.flush()
     result.superseded = _supersede_older_versions(session, code, obs)
     if path.name in result.superseded:
         result.state = "superseded"
+    result.affected = partitions_reselecting(session, product)
     return result
 
 
@@ -126,28 +126,50 @@ def scan_calibration_landing(
     return results
 
 
-def calibration_events(results: list[DeliveryResult]) -> list[dg.AssetMaterialization]:
-    """Materializations of the calibration external assets for installed deliveries."""
+def delivery_partition(result: DeliveryResult) -> str:
+    """The hourly partition a delivery is dated in (the first partition for earlier dates)."""
+    first = hourly_partitions.start.replace(tzinfo=None)
+    return hourly_partitions.get_partition_key_for_timestamp(
+        max(result.date_obs, first).replace(tzinfo=UTC).timestamp()
+    )
+
+
+def calibration_events(results: list[DeliveryResult]) -> list[dg.AssetObservation]:
+    """Observations of the calibration external assets: where each delivery changes products.
+
+    A partition of ``calibration_{kind}_{camera}`` stands for the calibration its hour's frames
+    are made with. A delivery is reported in the partitions whose early Level 1 products the
+    selection rule now makes with other files, so Dagster marks exactly those partitions of
+    ``level1_early_{camera}`` stale, and in the partition of its own date, so that every delivery
+    is on record (Dagster's staleness also needs a record older than the products it compares).
+    Observations, not materializations: Dagster reads the data versions of external assets from
+    observations.
+    """
     events = []
     for result in results:
         if result.state == "quarantined":
             continue
         kind = kind_for_code(result.code)
-        events.append(
-            dg.AssetMaterialization(
-                asset_key=calibration_key(kind.name, CAMERA_BY_OBS[result.observatory]),
-                description=f"calibration {result.name} delivered",
-                metadata={
-                    "file": result.name,
-                    "path": dg.MetadataValue.path(result.path),
-                    "code": result.code,
-                    "sha256": result.sha256,
-                    "state": result.state,
-                    "superseded": result.superseded,
-                },
-                tags={"dagster/data_version": hashlib.sha256(result.sha256.encode()).hexdigest()[:24]},
+        version = hashlib.sha256(result.sha256.encode()).hexdigest()[:24]
+        partitions = {**{delivery_partition(result): []}, **result.affected}
+        for partition, products in sorted(partitions.items()):
+            events.append(
+                dg.AssetObservation(
+                    asset_key=calibration_key(kind.name, CAMERA_BY_OBS[result.observatory]),
+                    partition=partition,
+                    description=f"calibration {result.name} delivered: {len(products)} products to remake here",
+                    metadata={
+                        "file": result.name,
+                        "path": dg.MetadataValue.path(result.path),
+                        "code": result.code,
+                        "sha256": result.sha256,
+                        "state": result.state,
+                        "superseded": result.superseded,
+                        "products_to_remake": products,
+                    },
+                    tags={"dagster/data_version": version},
+                )
             )
-        )
     return events
 
 
@@ -172,6 +194,11 @@ def build_calibration_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
         for result in results:
             log = context.log.warning if result.state == "quarantined" else context.log.info
             log(f"{result.name}: {result.state}{': ' + result.reason if result.reason else ''}")
+            if result.affected:
+                context.log.info(
+                    f"{result.name}: {sum(map(len, result.affected.values()))} products in "
+                    f"{len(result.affected)} partitions are now made with other calibration files (stale)"
+                )
         return dg.SensorResult(asset_events=calibration_events(results))
 
     return calibration_delivery_sensor

@@ -121,7 +121,7 @@ def scan_landing(
         for obs, hour in _hours_needing_attempts(session, config) - set(busy):
             touched[hour].add(obs)
         high_water = session.scalar(select(func.max(Packet.id))) or 0
-    scan.requests = _blocks(touched)
+    scan.requests = hour_blocks(touched)
     plan = [(r.partition_keys, r.observatories) for r in scan.requests]
     scan.run_key = hashlib.sha256(json.dumps([high_water, plan]).encode()).hexdigest()[:16]
     return scan
@@ -176,7 +176,7 @@ def level0_work_in_progress(instance: dg.DagsterInstance) -> set[tuple[str, date
     return busy
 
 
-def _blocks(touched: dict[datetime, set[str]]) -> list[Level0Request]:
+def hour_blocks(touched: dict[datetime, set[str]]) -> list[Level0Request]:
     """Group touched hours into runs of consecutive hours, each with the union of its cameras."""
     requests: list[Level0Request] = []
     for hour in sorted(touched):
@@ -189,15 +189,31 @@ def _blocks(touched: dict[datetime, set[str]]) -> list[Level0Request]:
     return requests
 
 
-def run_request_for(request: Level0Request, run_key: str) -> dg.RunRequest:
+NEWEST_DATA_AGE = timedelta(hours=24)
+
+
+def run_priority(request: Level0Request, newest_priority: int, now: datetime | None = None) -> int:
+    """Run queue priority of a block: the newest data first, back-processing behind.
+
+    A block reaching into the last 24 hours gets ``newest_priority``; older blocks (replays,
+    back-processing) get 1, still ahead of operator backfills (priority 0).
+    """
+    now = now or utcnow()
+    return newest_priority if now - request.last_hour <= NEWEST_DATA_AGE else 1
+
+
+def run_request_for(request: Level0Request, run_key: str, priority: int = 0) -> dg.RunRequest:
     """A Dagster run request for one block (a partition range run if it spans several hours)."""
     first, last = request.partition_keys
+    tags = {"dagster/priority": str(priority)}
     if first == last:
-        return dg.RunRequest(run_key=f"{run_key}-{first}", asset_selection=request.asset_keys, partition_key=first)
+        return dg.RunRequest(
+            run_key=f"{run_key}-{first}", asset_selection=request.asset_keys, partition_key=first, tags=tags
+        )
     return dg.RunRequest(
         run_key=f"{run_key}-{first}-{last}",
         asset_selection=request.asset_keys,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        tags={**tags, "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
     )
 
 
@@ -224,8 +240,8 @@ def telemetry_events(scan: LandingScan) -> list[dg.AssetMaterialization]:
     return events
 
 
-def build_landing_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
-    """The landing sensor, evaluated every ``interval_seconds``."""
+def build_landing_sensor(interval_seconds: int = 30, newest_priority: int = 10) -> dg.SensorDefinition:
+    """The landing sensor, evaluated every ``interval_seconds``; ``newest_priority`` see ``run_priority``."""
 
     @dg.sensor(
         name="telemetry_landing_sensor",
@@ -248,7 +264,10 @@ def build_landing_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
             )
         cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
         return dg.SensorResult(
-            run_requests=[run_request_for(request, scan.run_key) for request in scan.requests],
+            run_requests=[
+                run_request_for(request, scan.run_key, run_priority(request, newest_priority))
+                for request in scan.requests
+            ],
             asset_events=telemetry_events(scan),
             cursor=cursor,
         )

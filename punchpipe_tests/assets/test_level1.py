@@ -1,7 +1,7 @@
 """Early Level 1 through Dagster: calibration selection, lineage, incremental reprocessing."""
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +15,7 @@ from punchpipe_assets.definitions import build_definitions
 from punchpipe_assets.lineage import affected_products, find_product
 from punchpipe_assets.resources import ArchiveResource
 from punchpipe_assets.resources.catalog import FileRelationship, ProductFile
-from punchpipe_assets.sensors.calibration import scan_calibration_landing
+from punchpipe_assets.sensors.calibration import DeliveryResult, calibration_events, scan_calibration_landing
 from punchpipe_assets.simulate import simulate
 from punchpipe_tests.assets.test_level0 import land
 from punchpipe_tests.conftest import SIMULATION_START
@@ -25,24 +25,25 @@ PARTITION = "2025-08-01-12:00"
 CAMERA = CAMERA_BY_OBS["2"]
 
 
-def materialize_level1(config, instance) -> dg.ExecuteInProcessResult:
+def materialize_level1(config, instance, partition: str = PARTITION) -> dg.ExecuteInProcessResult:
     definitions = build_definitions(config)
     job = definitions.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
-        instance=instance, partition_key=PARTITION, asset_selection=[level1_early_key(CAMERA)]
+        instance=instance, partition_key=partition, asset_selection=[level1_early_key(CAMERA)]
     )
 
 
-def deliver(config, catalog, version: str, kinds=None, only: str | None = None) -> None:
+def deliver(
+    config, catalog, version: str, kinds=None, only: str | None = None, date: datetime | None = None
+) -> list[DeliveryResult]:
     """Deliver a synthesized calibration set (or only the files of one product code)."""
     staging = Path(config.home) / f"staging-{version}"
-    paths = synthesize_calibration(
-        staging, SIMULATION_START - timedelta(days=2), file_version=version, size=SIZE, cameras=[CAMERA], kinds=kinds
-    )
+    date = date or SIMULATION_START - timedelta(days=2)
+    paths = synthesize_calibration(staging, date, file_version=version, size=SIZE, cameras=[CAMERA], kinds=kinds)
     for path in paths:
         if only is None or path.name.startswith(f"PUNCH_L1_{only}"):
             path.rename(Path(config.calibration_landing_dir) / path.name)
-    scan_calibration_landing(catalog, ArchiveResource(root=str(config.archive_dir)), config)
+    return scan_calibration_landing(catalog, ArchiveResource(root=str(config.archive_dir)), config)
 
 
 def level1_products(catalog) -> dict[str, ProductFile]:
@@ -101,3 +102,117 @@ def test_level1_early_records_calibration_lineage_and_reprocesses_only_affected_
     assert {name: Path(p.path).stat().st_mtime_ns for name, p in level1_products(catalog).items()} == {
         name: Path(p.path).stat().st_mtime_ns for name, p in after.items()
     }
+
+
+def test_new_calibration_version_makes_exactly_the_affected_partitions_stale(config, catalog, instance, tmp_path):
+    """A vignetting version dated inside the second hour: only that hour's partition goes stale."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    config.calibration_image_size = SIZE
+    start = SIMULATION_START + timedelta(minutes=44)  # frames in the 12:00 and 13:00 partitions
+    report = simulate(start, 0.4, tmp_path / "sim", size=SIZE, seed=5, cameras=[CAMERA])
+    land(report.files, config)
+    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    first_delivery = deliver(config, catalog, "1")
+    first_events = calibration_events(first_delivery)
+    # Nothing made yet: each file is on record in the partition of its date only.
+    assert {e.partition for e in first_events} == {"2025-07-30-12:00"} and len(first_events) == len(first_delivery)
+    for event in first_events:
+        instance.report_runless_asset_event(event)
+    partitions = ["2025-08-01-12:00", "2025-08-01-13:00"]
+    for partition in partitions:
+        assert materialize_level1(config, instance, partition).success
+    definitions = build_definitions(config)
+    key = level1_early_key(CAMERA)
+
+    def stale() -> dict[str, StaleStatus]:
+        # What the UI's staleness reads (the e2e test asks the webserver through GraphQL).
+        graph = definitions.resolve_asset_graph()
+        view = AssetGraphView(
+            temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+            instance=instance,
+            asset_graph=graph,
+        )
+        resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+        return {partition: resolver.get_status(key, partition) for partition in partitions}
+
+    assert stale() == dict.fromkeys(partitions, StaleStatus.FRESH)
+    before = {name: Path(p.path).stat().st_mtime_ns for name, p in level1_products(catalog).items()}
+
+    # GM v2, dated 13:00: version beats date from 13:00 on; earlier frames keep v1 (never used before its date).
+    (result,) = deliver(config, catalog, "2", kinds=["vignetting"], only="GM", date=datetime(2025, 8, 1, 13))
+    later_xm = {n for n, p in level1_products(catalog).items() if p.file_type == "XM" and p.date_obs.hour == 13}
+    assert later_xm and result.affected == {"2025-08-01-13:00": sorted(later_xm)}
+    events = calibration_events([result])
+    assert [(e.asset_key.to_user_string(), e.partition) for e in events] == [
+        ("calibration_vignetting_wfi2", "2025-08-01-13:00")
+    ]
+    for event in events:  # as the daemon stores a sensor's asset events
+        instance.report_runless_asset_event(event)
+    assert stale() == {"2025-08-01-12:00": StaleStatus.FRESH, "2025-08-01-13:00": StaleStatus.STALE}
+
+    assert materialize_level1(config, instance, "2025-08-01-13:00").success
+    after = level1_products(catalog)
+    assert {n for n, p in after.items() if Path(p.path).stat().st_mtime_ns != before[n]} == later_xm
+    assert stale() == dict.fromkeys(partitions, StaleStatus.FRESH)
+
+
+def test_automation_carries_day_old_level0_to_level1_and_ignores_calibration(config, catalog, instance, tmp_path):
+    """Declarative Automation requests early Level 1 for day-old hours updated at Level 0; a calibration
+    delivery alone requests nothing (reprocessing is an operator's backfill)."""
+    from datetime import UTC
+
+    config.calibration_image_size = SIZE
+    hour = (datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=26)).replace(minute=0, second=0, microsecond=0)
+    partitions = {f"{hour:%Y-%m-%d-%H:%M}", f"{hour + timedelta(hours=1):%Y-%m-%d-%H:%M}"}
+    definitions = build_definitions(config)
+    key = level1_early_key(CAMERA)
+
+    def requested(cursor):
+        result = dg.evaluate_automation_conditions(
+            defs=definitions, instance=instance, asset_selection=dg.AssetSelection.assets(key), cursor=cursor
+        )
+        return set(result.get_requested_partitions(key)), result.cursor
+
+    nothing, cursor = requested(None)  # the first evaluation only sets the baseline
+    assert nothing == set()
+    report = simulate(hour + timedelta(minutes=44), 0.4, tmp_path / "sim", size=SIZE, seed=5, cameras=[CAMERA])
+    land(report.files, config)
+    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    carried, cursor = requested(cursor)
+    assert carried == partitions
+
+    for partition in sorted(partitions):
+        assert materialize_level1(config, instance, partition).success
+    _, cursor = requested(cursor)
+    for event in calibration_events(deliver(config, catalog, "1", date=hour - timedelta(days=2))):
+        instance.report_runless_asset_event(event)
+    after_delivery, _ = requested(cursor)
+    assert after_delivery == set()
+
+
+def test_a_broken_frame_is_recorded_with_its_reason_and_the_others_are_made(config, catalog, instance, tmp_path):
+    """A Level 0 file damaged in the archive fails alone: the run succeeds, the reason is on record."""
+    config.calibration_image_size = SIZE
+    report = simulate(SIMULATION_START, 0.1, tmp_path / "sim", size=SIZE, seed=8, cameras=[CAMERA])
+    land(report.files, config)
+    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    deliver(config, catalog, "1")
+    with catalog.session() as session:
+        level0 = session.scalars(
+            select(ProductFile).where(ProductFile.level == "0", ProductFile.file_type == "PZ").order_by(ProductFile.date_obs)
+        ).first()
+        broken = Path(level0.path)
+    broken.write_bytes(broken.read_bytes()[:4000])  # a damaged file in the archive
+
+    assert materialize_level1(config, instance).success
+    (record,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=level1_early_key(CAMERA), asset_partitions=[PARTITION]), limit=1
+    ).records
+    metadata = record.asset_materialization.metadata
+    (not_made,) = metadata["not_made"].value
+    assert not_made["level0"] == broken.name and not_made["status"] == "failed"
+    assert "Error" in not_made["reason"] or "error" in not_made["reason"], not_made
+    assert metadata["frames_failed"].value == 1 and metadata["frames_made"].value == len(level1_products(catalog)) > 0

@@ -62,7 +62,8 @@ def test_new_version_supersedes_and_broken_file_is_quarantined(small_config, cat
     assert "1" not in catalog_status(config)["levels"]  # calibration files are not products
 
 
-def test_sensor_reports_calibration_assets(small_config, instance):
+def test_sensor_records_each_delivery_in_the_partition_of_its_date(small_config, instance):
+    """With no product made yet, a delivery is on record in the partition of its date only."""
     config = small_config
     deliver(config, "1", kinds=("vignetting",))
     definitions = build_definitions(config)
@@ -70,6 +71,8 @@ def test_sensor_reports_calibration_assets(small_config, instance):
     with dg.build_sensor_context(instance=instance, definitions=definitions,
                                  resources=build_resources(config)) as context:
         result = sensor(context)
-    keys = {event.asset_key.to_user_string() for event in result.asset_events}
-    assert keys == {"calibration_vignetting_wfi2"} and len(result.asset_events) == 4
-    assert all(len(event.metadata["sha256"].value) == 64 for event in result.asset_events)
+    assert {(e.asset_key.to_user_string(), e.partition) for e in result.asset_events} == {
+        ("calibration_vignetting_wfi2", "2025-07-01-00:00")
+    }
+    assert len(result.asset_events) == 4 and all(e.metadata["products_to_remake"].value == [] for e in result.asset_events)
+    assert {state for state, _ in states(config).values()} == {"active"} and len(states(config)) == 4
