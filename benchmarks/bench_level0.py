@@ -48,17 +48,9 @@ SMALL_SIZE = 16
 
 
 def _config(home: Path):
-    from punchpipe_assets.config import load_config
+    from punchpipe_assets.config import immediate_config
 
-    config = load_config(
-        None,
-        home=str(home),
-        catalog_url=f"sqlite:///{home / 'catalog.sqlite'}",
-        level0={"replay_wait_hours": 0},
-        sensor={"settle_seconds": 0},
-    )
-    config.make_dirs()
-    return config
+    return immediate_config(home)
 
 
 def _peak_rss_mb() -> float:

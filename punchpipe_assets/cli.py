@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -41,6 +42,10 @@ def prepare_environment(config: PipelineConfig) -> None:
     if not instance_yaml.exists():
         Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(INSTANCE_TEMPLATE, instance_yaml)
+    # The command line shows progress and a summary; punchbowl's per-step and the storage
+    # migrations' INFO lines go to the Dagster run logs, not the terminal.
+    for name in ("punchbowl", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def catalog_status(config: PipelineConfig) -> dict:
@@ -71,28 +76,61 @@ def catalog_status(config: PipelineConfig) -> dict:
     return {"levels": levels, "packets": packet_states, "telemetry": telemetry, "calibration": calibration}
 
 
-def run_process(config: PipelineConfig, instance=None, show_progress: bool = True) -> dict:
-    """Run the landing sensor's logic until no new file is left, materializing through Dagster.
+def apply_pool_limits(instance, config: PipelineConfig) -> dict[str, int]:
+    """Set the instance's concurrency pool limits from the configuration (what the UI's
+    Concurrency page or ``dagster instance concurrency set POOL N`` would do)."""
+    limits = config.pools.model_dump()
+    for pool, limit in limits.items():
+        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return limits
 
-    Every request runs on the instance (default: ``DAGSTER_HOME``'s) in this one process, so
-    punchbowl is imported once.
+
+def run_process(config: PipelineConfig, instance=None, show_progress: bool = True, level1: bool = False) -> dict:
+    """Do once, in this process, what the daemon's sensors and automation do, through Dagster.
+
+    Registers calibration deliveries, then new telemetry (landing sensor logic) and materializes
+    Level 0 until no new file is left, then early Level 1 of every hour that has Level 0 frames
+    (``level1``; frames whose inputs did not change are not remade). Every run executes on the
+    instance (default: ``DAGSTER_HOME``'s) in this one process, so punchbowl is imported once.
 
     Returns
     -------
     dict
-        Runs executed and their outcome.
+        Files registered, runs executed and how many failed.
     """
     import dagster as dg
 
     from punchpipe_assets.definitions import build_definitions
+    from punchpipe_assets.resources import ArchiveResource
+    from punchpipe_assets.sensors.calibration import calibration_events, scan_calibration_landing
     from punchpipe_assets.sensors.landing import run_request_for, scan_landing, telemetry_events
 
     instance = instance or dg.DagsterInstance.get()
-    job = build_definitions(config).resolve_job_def("level0_job")
-    quiet_logs = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    summary = {"runs": 0, "failed_runs": 0, "files": 0}
+    apply_pool_limits(instance, config)
+    definitions = build_definitions(config)
+    catalog = CatalogResource(url=config.catalog_url)
+    deliveries = scan_calibration_landing(catalog, ArchiveResource(root=str(config.archive_dir)), config)
+    for event in calibration_events(deliveries):
+        instance.report_runless_asset_event(event)
+    summary = {"runs": 0, "failed_runs": 0, "files": 0, "calibration_files": len(deliveries)}
+
+    def execute(job, description: str, run_request, asset_keys, progress, task) -> None:
+        progress.update(task, description=description)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=run_request.partition_key,
+            tags=run_request.tags,
+            asset_selection=asset_keys,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        summary["runs"] += 1
+        summary["failed_runs"] += not result.success
+        progress.advance(task)
+
+    level0_job = definitions.resolve_job_def("level0_job")
     while True:
-        scan = scan_landing(CatalogResource(url=config.catalog_url), config, max_files=10**6)
+        scan = scan_landing(catalog, config, max_files=10**6)
         summary["files"] += len(scan.ingested)
         for event in telemetry_events(scan):
             instance.report_runless_asset_event(event)
@@ -101,23 +139,43 @@ def run_process(config: PipelineConfig, instance=None, show_progress: bool = Tru
         with Progress(console=console, disable=not show_progress) as progress:
             task = progress.add_task("Level 0", total=len(scan.requests))
             for request in scan.requests:
-                run_request = run_request_for(request, scan.run_key)
                 first, last = request.partition_keys
-                progress.update(task, description=f"Level 0 {first} .. {last} obs {','.join(request.observatories)}")
-                result = job.execute_in_process(
-                    instance=instance,
-                    partition_key=run_request.partition_key,
-                    tags=run_request.tags,
-                    asset_selection=request.asset_keys,
-                    run_config=quiet_logs,
-                    raise_on_error=False,
-                )
-                summary["runs"] += 1
-                summary["failed_runs"] += not result.success
-                progress.advance(task)
+                description = f"Level 0 {first} .. {last} obs {','.join(request.observatories)}"
+                execute(level0_job, description, run_request_for(request, scan.run_key), request.asset_keys, progress, task)
         if not scan.remaining:
             break
+    if level1:
+        process_level1(definitions, catalog, execute, show_progress)
     return summary
+
+
+def process_level1(definitions, catalog: CatalogResource, execute, show_progress: bool) -> None:
+    """Early Level 1 of every hour with Level 0 science frames, one partition-range run per block of hours."""
+    from punchpipe_assets.assets.level1 import level1_early_key
+    from punchpipe_assets.cameras import CAMERA_BY_OBS
+    from punchpipe_assets.level1 import SCIENCE_CODES
+    from punchpipe_assets.sensors.landing import hour_blocks, run_request_for
+
+    with catalog.session() as session:
+        rows = session.execute(
+            select(ProductFile.acquisition_time, ProductFile.observatory)
+            .where(ProductFile.level == "0", ProductFile.file_type.in_(SCIENCE_CODES))
+            .distinct()
+        ).all()
+    touched: dict[datetime, set[str]] = {}
+    for when, obs in rows:
+        touched.setdefault(when.replace(minute=0, second=0, microsecond=0), set()).add(obs)
+    if not touched:
+        return
+    job = definitions.resolve_implicit_global_asset_job_def()
+    blocks = hour_blocks(touched)
+    with Progress(console=console, disable=not show_progress) as progress:
+        task = progress.add_task("Level 1", total=len(blocks))
+        for block in blocks:
+            first, last = block.partition_keys
+            keys = [level1_early_key(CAMERA_BY_OBS[obs]) for obs in block.observatories]
+            description = f"Level 1 early {first} .. {last} obs {','.join(block.observatories)}"
+            execute(job, description, run_request_for(block, "process"), keys, progress, task)
 
 
 def print_status(status: dict) -> None:
@@ -193,8 +251,8 @@ def simulate(
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.pass_obj
 def process(config: PipelineConfig, quiet: bool) -> None:
-    """Register new telemetry and materialize everything that is ready, then print a summary."""
-    summary = run_process(config, show_progress=not quiet)
+    """Register calibration deliveries and new telemetry, make Level 0 and early Level 1, then print a summary."""
+    summary = run_process(config, show_progress=not quiet, level1=True)
     print_status(catalog_status(config))
     console.print(
         f"{summary['files']} new telemetry files, {summary['runs']} Dagster runs, {summary['failed_runs']} failed"
@@ -216,13 +274,17 @@ def status(config: PipelineConfig, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--hours", default=1.0, show_default=True, type=float)
+@click.option("--hours", default=0.5, show_default=True, type=float)
 @click.option("--size", default=1024, show_default=True, type=int, help="Frame size (2048 is flight size).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--start", default=DEMO_START, help="First acquisition time, ISO 8601 UTC.")
 @click.pass_context
 def demo(context: click.Context, hours: float, size: int, seed: int, start: str) -> None:
-    """Simulate HOURS of telemetry into the landing folder and process it."""
+    """Simulate HOURS of telemetry and a calibration set, then process them to early Level 1."""
+    from datetime import timedelta
+
+    from punchpipe_assets.calibration import synthesize_calibration
+
     config: PipelineConfig = context.obj
     context.invoke(
         simulate,
@@ -236,6 +298,12 @@ def demo(context: click.Context, hours: float, size: int, seed: int, start: str)
         duplicates=0.0,
         damage=False,
     )
+    config.make_dirs()
+    calibration = synthesize_calibration(
+        Path(config.calibration_landing_dir), datetime.fromisoformat(start) - timedelta(days=1), size=size
+    )
+    console.print(f"wrote {len(calibration)} calibration files to {config.calibration_landing_dir}")
+    config.calibration_image_size = size
     config.sensor.settle_seconds = 0  # the simulator writes each file atomically
     context.invoke(process, quiet=False)
     console.print(f"Browse the lineage: punchpipe ui  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
@@ -315,8 +383,13 @@ def calibration_synthesize(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True, type=int)
-def ui(host: str, port: int) -> None:
+@click.pass_obj
+def ui(config: PipelineConfig, host: str, port: int) -> None:
     """Open the Dagster UI (and daemon) on this installation's instance."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        apply_pool_limits(instance, config)
     command = [
         sys.executable,
         "-m",
