@@ -67,6 +67,37 @@ def frames_metadata(frames: list[FrameOutcome]) -> dict[str, dg.MetadataValue]:
     }
 
 
+FRAMES_MADE_CHECK = "frames_made"
+
+
+def frames_made_check_spec(key: dg.AssetKey) -> dg.AssetCheckSpec:
+    """The check that every input frame of a run's partitions became a product."""
+    return dg.AssetCheckSpec(
+        FRAMES_MADE_CHECK,
+        asset=key,
+        description="Warns when frames of the run's partitions were not made (failed, or no calibration), "
+        "with each frame's reason; the other frames and later partitions are not held back.",
+    )
+
+
+def frames_made_check(key: dg.AssetKey, frames: list[FrameOutcome]) -> dg.AssetCheckResult:
+    """Pass when every frame was made or unchanged; warn with the frames not made and why."""
+    not_made = [f for f in frames if f.status not in ("made", "unchanged")]
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=FRAMES_MADE_CHECK,
+        passed=not not_made,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "frames": len(frames),
+            "frames_not_made": len(not_made),
+            "not_made": dg.MetadataValue.json(
+                [{"frame": f.level0, "status": f.status, "reason": (f.reason or "")[:500]} for f in not_made[:50]]
+            ),
+        },
+    )
+
+
 def process_frame_partitions(
     context: dg.AssetExecutionContext,
     catalog: CatalogResource,
@@ -135,6 +166,7 @@ def build_level1_early_asset(camera: Camera, lookback: timedelta = AUTOMATION_LO
         pool=PUNCHBOWL_POOL,
         automation_condition=automation,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=6),
+        check_specs=[frames_made_check_spec(key)],
         **product_asset_kwargs(camera, "1"),
     )
     def level1_early_camera(
@@ -152,7 +184,8 @@ def build_level1_early_asset(camera: Camera, lookback: timedelta = AUTOMATION_LO
         )
         digests = sorted(f"{f.level0}:{f.sha256}" for f in frames)
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(hashlib.sha256("|".join(digests).encode()).hexdigest()[:24])
+            data_version=dg.DataVersion(hashlib.sha256("|".join(digests).encode()).hexdigest()[:24]),
+            check_results=[frames_made_check(key, frames)],
         )
 
     return level1_early_camera

@@ -16,6 +16,8 @@ from punchpipe_assets.assets.calibration import calibration_key
 from punchpipe_assets.assets.level0 import naive_utc, product_asset_kwargs
 from punchpipe_assets.assets.level1 import (
     AUTOMATION_LOOKBACK,
+    frames_made_check,
+    frames_made_check_spec,
     frames_metadata,
     level1_automation,
     level1_early_key,
@@ -150,6 +152,7 @@ def _build_late_asset(camera: Camera, quick: bool, lookback: timedelta) -> dg.As
         pool=PUNCHBOWL_LARGE_MEMORY_POOL,
         automation_condition=level1_automation(lookback),
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=6),
+        check_specs=[frames_made_check_spec(key)],
         **product_asset_kwargs(camera, "1"),
     )
     def level1_late_camera(
@@ -167,7 +170,7 @@ def _build_late_asset(camera: Camera, quick: bool, lookback: timedelta) -> dg.As
             metadata=late_metadata,
             no_calibration="no stray-light models",
         )
-        return dg.MaterializeResult(data_version=_data_version(frames))
+        return dg.MaterializeResult(data_version=_data_version(frames), check_results=[frames_made_check(key, frames)])
 
     return level1_late_camera
 

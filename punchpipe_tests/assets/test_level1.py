@@ -207,7 +207,12 @@ def test_a_broken_frame_is_recorded_with_its_reason_and_the_others_are_made(conf
         broken = Path(level0.path)
     broken.write_bytes(broken.read_bytes()[:4000])  # a damaged file in the archive
 
-    assert materialize_level1(config, instance).success
+    result = materialize_level1(config, instance)
+    assert result.success
+    (check,) = result.get_asset_check_evaluations()  # where operators look: a warning with the reason
+    assert check.check_name == "frames_made" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert [f["frame"] for f in check.metadata["not_made"].value] == [broken.name]
     (record,) = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=level1_early_key(CAMERA), asset_partitions=[PARTITION]), limit=1
     ).records
