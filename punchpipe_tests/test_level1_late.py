@@ -12,7 +12,6 @@ from sqlalchemy import select
 from punchpipe_assets.assets.level1 import level1_early_key
 from punchpipe_assets.assets.level1_late import level1_late_key, level1_quick_key, level1_stray_light_key
 from punchpipe_assets.calibration import CalibrationCandidate, synthesize_stray_light_models
-from punchpipe_assets.cli import run_process
 from punchpipe_assets.definitions import build_definitions
 from punchpipe_assets.level1_late import (
     late_code,
@@ -22,9 +21,7 @@ from punchpipe_assets.level1_late import (
     select_quick_stray_light,
 )
 from punchpipe_assets.resources.catalog import FileRelationship, ProductFile
-from punchpipe_assets.simulate import simulate
-from punchpipe_tests.assets.test_level0 import land
-from punchpipe_tests.assets.test_level1 import CAMERA, SIZE, deliver
+from punchpipe_tests.assets.test_level1 import CAMERA, SIZE, deliver, level0_of
 
 START = datetime(2025, 8, 1, 11, 54)  # 12 minutes across 12:00, the model time of 2025-08-01
 PARTITIONS = ("2025-08-01-11:00", "2025-08-01-12:00")
@@ -127,9 +124,7 @@ def test_late_and_quick_level1_select_models_record_lineage_and_remake_only_what
     config, catalog, instance, tmp_path
 ):
     config.calibration_image_size = SIZE
-    report = simulate(START, 0.2, tmp_path / "sim", size=SIZE, seed=5, cameras=[CAMERA])
-    land(report.files, config)
-    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    level0_of(config, instance, START, 0.2, tmp_path / "sim", seed=5)
     deliver(config, catalog, "1")
     materialize(config, instance, level1_early_key(CAMERA))
     early = products(catalog, ["XM", "XZ", "XP", "XR"])

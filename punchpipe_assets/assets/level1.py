@@ -98,6 +98,20 @@ def frames_made_check(key: dg.AssetKey, frames: list[FrameOutcome]) -> dg.AssetC
     )
 
 
+def hourly_level1_asset_kwargs(camera: Camera, key: dg.AssetKey) -> dict:
+    """``dg.asset`` keywords shared by the hourly Level 1 products of a camera (early, late, quick).
+
+    Hourly partitions, up to six hours per backfill run (punchbowl is imported once per run), the
+    ``frames_made`` check, and the keywords every product asset shares (``product_asset_kwargs``).
+    """
+    return {
+        "partitions_def": hourly_partitions,
+        "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=6),
+        "check_specs": [frames_made_check_spec(key)],
+        **product_asset_kwargs(camera, "1"),
+    }
+
+
 def process_frame_partitions(
     context: dg.AssetExecutionContext,
     catalog: CatalogResource,
@@ -160,14 +174,11 @@ def build_level1_early_asset(camera: Camera, lookback: timedelta = AUTOMATION_LO
         description=f"Early Level 1 (X?) products of observatory {camera.obs}: quartic linearity, "
         "vignetting, PSF, despike and mask by punchbowl's level1_early_core_flow, with the calibration "
         "files the selection rule picks.",
-        partitions_def=hourly_partitions,
         deps=[level0_key(camera), *calibration_deps],
         code_version=LEVEL1_EARLY_CODE_VERSION,
         pool=PUNCHBOWL_POOL,
         automation_condition=automation,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=6),
-        check_specs=[frames_made_check_spec(key)],
-        **product_asset_kwargs(camera, "1"),
+        **hourly_level1_asset_kwargs(camera, key),
     )
     def level1_early_camera(
         context: dg.AssetExecutionContext,

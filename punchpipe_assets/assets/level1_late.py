@@ -17,8 +17,8 @@ from punchpipe_assets.assets.level0 import naive_utc, product_asset_kwargs
 from punchpipe_assets.assets.level1 import (
     AUTOMATION_LOOKBACK,
     frames_made_check,
-    frames_made_check_spec,
     frames_metadata,
+    hourly_level1_asset_kwargs,
     level1_automation,
     level1_early_key,
     process_frame_partitions,
@@ -142,7 +142,6 @@ def _build_late_asset(camera: Camera, quick: bool, lookback: timedelta) -> dg.As
     @dg.asset(
         key=key,
         description=description,
-        partitions_def=hourly_partitions,
         deps=[
             level1_early_key(camera),
             dg.AssetDep(level1_stray_light_key(camera), partition_mapping=mapping),
@@ -151,9 +150,7 @@ def _build_late_asset(camera: Camera, quick: bool, lookback: timedelta) -> dg.As
         code_version=LEVEL1_QUICK_CODE_VERSION if quick else LEVEL1_LATE_CODE_VERSION,
         pool=PUNCHBOWL_LARGE_MEMORY_POOL,
         automation_condition=level1_automation(lookback),
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=6),
-        check_specs=[frames_made_check_spec(key)],
-        **product_asset_kwargs(camera, "1"),
+        **hourly_level1_asset_kwargs(camera, key),
     )
     def level1_late_camera(
         context: dg.AssetExecutionContext,

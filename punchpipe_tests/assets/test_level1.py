@@ -25,6 +25,14 @@ PARTITION = "2025-08-01-12:00"
 CAMERA = CAMERA_BY_OBS["2"]
 
 
+def level0_of(config, instance, start: datetime, hours: float, out: Path, seed: int, camera=CAMERA):
+    """Simulate telemetry of one camera, land it and make its Level 0 through Dagster."""
+    report = simulate(start, hours, out, size=SIZE, seed=seed, cameras=[camera])
+    land(report.files, config)
+    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    return report
+
+
 def materialize_level1(config, instance, partition: str = PARTITION) -> dg.ExecuteInProcessResult:
     definitions = build_definitions(config)
     job = definitions.resolve_implicit_global_asset_job_def()
@@ -60,9 +68,7 @@ def test_level1_early_records_calibration_lineage_and_reprocesses_only_affected_
     config, catalog, instance, tmp_path
 ):
     config.calibration_image_size = SIZE
-    report = simulate(SIMULATION_START, 0.1, tmp_path / "sim", size=SIZE, seed=21, cameras=[CAMERA])
-    land(report.files, config)
-    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    report = level0_of(config, instance, SIMULATION_START, 0.1, tmp_path / "sim", seed=21)
     deliver(config, catalog, "1")
 
     assert materialize_level1(config, instance).success
@@ -112,9 +118,7 @@ def test_new_calibration_version_makes_exactly_the_affected_partitions_stale(con
 
     config.calibration_image_size = SIZE
     start = SIMULATION_START + timedelta(minutes=44)  # frames in the 12:00 and 13:00 partitions
-    report = simulate(start, 0.4, tmp_path / "sim", size=SIZE, seed=5, cameras=[CAMERA])
-    land(report.files, config)
-    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    level0_of(config, instance, start, 0.4, tmp_path / "sim", seed=5)
     first_delivery = deliver(config, catalog, "1")
     first_events = calibration_events(first_delivery)
     # Nothing made yet: each file is on record in the partition of its date only.
@@ -178,9 +182,7 @@ def test_automation_carries_day_old_level0_to_level1_and_ignores_calibration(con
 
     nothing, cursor = requested(None)  # the first evaluation only sets the baseline
     assert nothing == set()
-    report = simulate(hour + timedelta(minutes=44), 0.4, tmp_path / "sim", size=SIZE, seed=5, cameras=[CAMERA])
-    land(report.files, config)
-    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    level0_of(config, instance, hour + timedelta(minutes=44), 0.4, tmp_path / "sim", seed=5)
     carried, cursor = requested(cursor)
     assert carried == partitions
 
@@ -196,9 +198,7 @@ def test_automation_carries_day_old_level0_to_level1_and_ignores_calibration(con
 def test_a_broken_frame_is_recorded_with_its_reason_and_the_others_are_made(config, catalog, instance, tmp_path):
     """A Level 0 file damaged in the archive fails alone: the run succeeds, the reason is on record."""
     config.calibration_image_size = SIZE
-    report = simulate(SIMULATION_START, 0.1, tmp_path / "sim", size=SIZE, seed=8, cameras=[CAMERA])
-    land(report.files, config)
-    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    level0_of(config, instance, SIMULATION_START, 0.1, tmp_path / "sim", seed=8)
     deliver(config, catalog, "1")
     with catalog.session() as session:
         level0 = session.scalars(
