@@ -16,7 +16,7 @@ setup(
         "dagster-webserver==1.13.27",
         "dagster-graphql==1.13.27",
         "dagster-postgres==0.29.27",
-        "astropy>=7",
+        "astropy>=7,<9",  # archive.py uses astropy.io.fits.hdu.compressed.DITHER_SEED_CHECKSUM
         "sqlalchemy>=2.0,<2.2",
         "psycopg2-binary>=2.9",
         "pydantic>=2.7",

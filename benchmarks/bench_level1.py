@@ -135,7 +135,7 @@ def child_prepare(home: Path, camera_slug: str, hours: float) -> dict:
     with catalog.session() as session:
         level0_images = session.scalar(select(func.count(ProductFile.id)).where(ProductFile.level == "0"))
         processor = Level1EarlyProcessor(session, ArchiveResource(root=str(config.archive_dir)))
-        for level0 in processor.level0_frames(camera, START, START + timedelta(hours=1)):
+        for level0 in processor.frames(camera, START, START + timedelta(hours=1)):
             selection, _ = select_frame_calibration(session, level0)
             frames.append(
                 {

@@ -71,7 +71,6 @@ def install_timers() -> None:
     import os as os_module
 
     import punchbowl.auto.flows.level0 as pb_level0
-    import punchbowl.data as pb_data
     import punchbowl.data.punch_io as pb_io
     from punchbowl.data import NormalizedMetadata
     from sqlalchemy.orm import Session
@@ -81,11 +80,8 @@ def install_timers() -> None:
 
     patch(formation.Level0Former, "form_window", "form_window: other (window queries, packet state updates)")
     patch(formation.Level0Former, "form_image", "form_image: other (python glue, fingerprint)")
-    # Newer formation.py: images of a window are prepared, then keywords computed for all, then written.
-    if hasattr(formation.Level0Former, "_position_keywords"):
-        patch(formation.Level0Former, "_position_keywords", "_position_keywords: other (per-window batch)")
-    if hasattr(formation.Level0Former, "_write"):
-        patch(formation.Level0Former, "_write", "_write: other (ProductFile, lineage rows)")
+    patch(formation.Level0Former, "_position_keywords", "_position_keywords: other (per-window batch)")
+    patch(formation.Level0Former, "_write", "_write: other (ProductFile, lineage rows)")
     patch(formation.Level0Former, "_build_cube", "_build_cube: other (PUNCHCube, meta assignment, imports)")
     patch(formation, "_order_image_packets", "order packets")
     patch(formation, "_nearest", "catalog: _nearest engineering queries (python side)")
@@ -104,7 +100,8 @@ def install_timers() -> None:
     patch(NormalizedMetadata, "to_fits_header", "punchbowl: meta.to_fits_header")
     load_template = NormalizedMetadata.load_template.__func__
     NormalizedMetadata.load_template = classmethod(timed("punchbowl: NormalizedMetadata.load_template", load_template))
-    patch(pb_data, "write_ndcube_to_fits", "FITS: write_ndcube_to_fits (header, Rice compression, checksum)")
+    # The archive calls punch_io.write_ndcube_to_fits (write_ndcube_deterministically): patch it there.
+    patch(pb_io, "write_ndcube_to_fits", "FITS: write_ndcube_to_fits (header, Rice compression, checksum)")
     patch(archive, "write_atomically", "FITS: write_atomically (mkdtemp, rename, cleanup)")
     patch(os_module, "fsync", "FITS: os.fsync")
     patch(archive, "sha256_of", "FITS: sha256 of written file")

@@ -52,7 +52,11 @@ class FrameOutcome:
     calibration: list[dict] = field(default_factory=list)
 
 
-def installed_calibration(session: Session, obs: str) -> dict[str, list[tuple[CalibrationCandidate, ProductFile]]]:
+#: A camera's catalogued calibration files by product code, each as a candidate and its row.
+InstalledCalibration = dict[str, list[tuple[CalibrationCandidate, ProductFile]]]
+
+
+def installed_calibration(session: Session, obs: str) -> InstalledCalibration:
     """Installed, selectable calibration files of a camera by product code."""
     rows = session.execute(
         select(ProductFile)
@@ -68,10 +72,18 @@ def installed_calibration(session: Session, obs: str) -> dict[str, list[tuple[Ca
     return by_code
 
 
+def select_installed(
+    pairs: list[tuple[CalibrationCandidate, ProductFile]], when: datetime, bracketing: bool
+) -> tuple[list[CalibrationCandidate], list[ProductFile]]:
+    """``select_calibration`` on catalogued files of one code: the chosen candidates and their rows, in order."""
+    chosen = select_calibration([candidate for candidate, _ in pairs], when, bracketing)
+    return chosen, [next(product for candidate, product in pairs if candidate == c) for c in chosen]
+
+
 def select_frame_calibration(
     session: Session,
     level0: ProductFile,
-    available: dict[str, list[tuple[CalibrationCandidate, ProductFile]]] | None = None,
+    available: InstalledCalibration | None = None,
 ) -> tuple[dict[str, list[CalibrationCandidate]], list[ProductFile]]:
     """Select every calibration file a Level 0 frame needs, by the operational rule.
 
@@ -86,11 +98,9 @@ def select_frame_calibration(
     selection: dict[str, list[CalibrationCandidate]] = {}
     rows: list[ProductFile] = []
     for kind_name, code in calibration_codes_for(level0.file_type, level0.observatory).items():
-        kind = CALIBRATION_KINDS[kind_name]
-        pairs = available.get(code, [])
-        chosen = select_calibration([c for c, _ in pairs], level0.date_obs, kind.is_bracketing(level0.observatory))
-        selection[kind_name] = chosen
-        rows.extend(product for candidate, product in pairs if candidate in chosen)
+        bracketing = CALIBRATION_KINDS[kind_name].is_bracketing(level0.observatory)
+        selection[kind_name], chosen_rows = select_installed(available.get(code, []), level0.date_obs, bracketing)
+        rows.extend(chosen_rows)
     return selection, rows
 
 
@@ -196,6 +206,13 @@ class FrameProcessor:
         self, session: Session, archive: ArchiveResource, file_version: str = "1", run_id: str | None = None
     ) -> None:
         self.session, self.archive, self.file_version, self.run_id = session, archive, file_version, run_id
+        self._installed: dict[str, InstalledCalibration] = {}
+
+    def installed(self, obs: str) -> InstalledCalibration:
+        """The camera's installed calibration files, read from the catalog once per processor."""
+        if obs not in self._installed:
+            self._installed[obs] = installed_calibration(self.session, obs)
+        return self._installed[obs]
 
     def frames(self, camera: Camera, start: datetime, end: datetime) -> list[ProductFile]:
         """Input frames of a camera acquired in ``[start, end)``."""
@@ -295,8 +312,6 @@ class Level1EarlyProcessor(FrameProcessor):
         """Science Level 0 frames of a camera acquired in ``[start, end)``."""
         return window_products(self.session, "0", camera.obs, SCIENCE_CODES, start, end)
 
-    level0_frames = frames  # the name callers outside the pipeline (benchmarks) use
-
     def despike_neighbours(self, level0: ProductFile) -> list[ProductFile]:
         """Frames of the same camera and product code within 15 minutes, without missing packets."""
         rows = self.session.scalars(
@@ -315,7 +330,7 @@ class Level1EarlyProcessor(FrameProcessor):
     def process_frame(self, frame: ProductFile, partition_key: str | None = None) -> FrameOutcome:
         """Make the early Level 1 product of one Level 0 frame, unless its inputs did not change."""
         outcome = FrameOutcome(Path(frame.path).name, "failed")
-        selection, calibration_rows = select_frame_calibration(self.session, frame)
+        selection, calibration_rows = select_frame_calibration(self.session, frame, self.installed(frame.observatory))
         outcome.calibration = [describe_file(p) for p in calibration_rows]
         if not calibration_rows:
             outcome.status, outcome.reason = "no_calibration", "no calibration file dated before the frame"

@@ -44,11 +44,13 @@ from punchpipe_assets.config import StrayLightSettings
 from punchpipe_assets.level1 import (
     FrameOutcome,
     FrameProcessor,
+    InstalledCalibration,
     catalog_product,
     describe_file,
     existing_product,
     installed_calibration,
     product_fingerprint,
+    select_installed,
     window_products,
 )
 from punchpipe_assets.resources.archive import ArchiveResource, sha256_of
@@ -136,11 +138,16 @@ def register_stray_light_file(session: Session, path: Path, file_version: str | 
     )
 
 
-def select_mask(session: Session, obs: str, when: datetime) -> ProductFile | None:
-    """The mask of a camera for a time, by the rule early Level 1 uses (one file, not after it)."""
-    pairs = installed_calibration(session, obs).get("MS", [])
-    chosen = select_calibration([c for c, _ in pairs], when, bracketing=False)
-    return next((product for candidate, product in pairs if candidate in chosen), None)
+def select_mask(
+    session: Session, obs: str, when: datetime, available: InstalledCalibration | None = None
+) -> ProductFile | None:
+    """The mask of a camera for a time, by the rule early Level 1 uses (one file, not after it).
+
+    ``available``: the camera's installed files, when the caller selects for many frames.
+    """
+    available = available if available is not None else installed_calibration(session, obs)
+    _, rows = select_installed(available.get("MS", []), when, bracketing=False)
+    return rows[0] if rows else None
 
 
 class StrayLightModelBuilder:
@@ -384,7 +391,7 @@ class Level1LateProcessor(FrameProcessor):
         if not models:
             outcome.status, outcome.reason = "no_calibration", reason
             return outcome
-        mask = select_mask(self.session, frame.observatory, frame.date_obs)
+        mask = select_mask(self.session, frame.observatory, frame.date_obs, self.installed(frame.observatory))
         calibration_rows = [*models, *([mask] if mask is not None else [])]
         outcome.calibration = [describe_file(p) for p in calibration_rows]
         fingerprint = product_fingerprint(

@@ -10,13 +10,15 @@ from sqlalchemy.orm import Session
 from punchpipe_assets.assets.calibration import calibration_key
 from punchpipe_assets.assets.level0 import PUNCHBOWL_POOL, level0_key, naive_utc, product_asset_kwargs
 from punchpipe_assets.calibration import CALIBRATION_KINDS
-from punchpipe_assets.cameras import CAMERAS, Camera
+from punchpipe_assets.cameras import Camera
+from punchpipe_assets.config import AutomationSettings
 from punchpipe_assets.level1 import LEVEL1_EARLY_CODE_VERSION, FrameOutcome, FrameProcessor, Level1EarlyProcessor
 from punchpipe_assets.partitions import hourly_partitions
 from punchpipe_assets.resources import ArchiveResource, CatalogResource, PipelineResource
 
-# Late data (replays) are carried to Level 1 for this many days, not only in the newest hour.
-AUTOMATION_LOOKBACK = timedelta(days=3)
+# Late data (replays) are carried to Level 1 this far back, not only in the newest hour
+# (the configuration's default; ``build_definitions`` passes the configured value).
+AUTOMATION_LOOKBACK = timedelta(days=AutomationSettings().lookback_days)
 
 
 def level1_automation(
@@ -201,5 +203,3 @@ def build_level1_early_asset(camera: Camera, lookback: timedelta = AUTOMATION_LO
 
     return level1_early_camera
 
-
-level1_early_assets = [build_level1_early_asset(camera) for camera in CAMERAS]
