@@ -150,16 +150,31 @@ def run_process(config: PipelineConfig, instance=None, show_progress: bool = Tru
 
 
 def process_level1(definitions, catalog: CatalogResource, execute, show_progress: bool) -> None:
-    """Early Level 1 of every hour with Level 0 science frames, one partition-range run per block of hours."""
+    """Early Level 1 of the hours whose Level 0 frames have no early product yet, or a newer Level 0 file.
+
+    One partition-range run per block of consecutive hours. Frames that failed or lacked
+    calibration have no product, so they are tried again; hours already up to date are not run.
+    """
+    from sqlalchemy import exists
+    from sqlalchemy.orm import aliased
+
     from punchpipe_assets.assets.level1 import level1_early_key
     from punchpipe_assets.cameras import CAMERA_BY_OBS
     from punchpipe_assets.level1 import SCIENCE_CODES
     from punchpipe_assets.sensors.landing import hour_blocks, run_request_for
 
+    early = aliased(ProductFile)
+    up_to_date = exists().where(
+        early.level == "1",
+        early.file_type.like("X%"),
+        early.observatory == ProductFile.observatory,
+        early.date_obs == ProductFile.date_obs,
+        early.date_created >= ProductFile.date_created,
+    )
     with catalog.session() as session:
         rows = session.execute(
             select(ProductFile.acquisition_time, ProductFile.observatory)
-            .where(ProductFile.level == "0", ProductFile.file_type.in_(SCIENCE_CODES))
+            .where(ProductFile.level == "0", ProductFile.file_type.in_(SCIENCE_CODES), ~up_to_date)
             .distinct()
         ).all()
     touched: dict[datetime, set[str]] = {}

@@ -221,3 +221,20 @@ def test_a_broken_frame_is_recorded_with_its_reason_and_the_others_are_made(conf
     assert not_made["level0"] == broken.name and not_made["status"] == "failed"
     assert "Error" in not_made["reason"] or "error" in not_made["reason"], not_made
     assert metadata["frames_failed"].value == 1 and metadata["frames_made"].value == len(level1_products(catalog)) > 0
+
+
+def test_process_makes_early_level1_once_and_then_only_what_is_missing(config, catalog, instance, tmp_path):
+    """``punchpipe process``: deliveries, Level 0 and early Level 1 in one go; a second pass runs nothing."""
+    config.calibration_image_size = SIZE
+    paths = synthesize_calibration(
+        Path(config.calibration_landing_dir), SIMULATION_START - timedelta(days=2), size=SIZE, cameras=[CAMERA]
+    )
+    report = simulate(SIMULATION_START, 0.1, tmp_path / "sim", size=SIZE, seed=4, cameras=[CAMERA])
+    land(report.files, config)
+
+    first = run_process(config, instance, show_progress=False, level1=True)
+    assert first["failed_runs"] == 0 and first["calibration_files"] == len(paths)
+    science = [when for _, when, code in report.images if code != "DK"]
+    assert len(level1_products(catalog)) == len(science)
+    second = run_process(config, instance, show_progress=False, level1=True)
+    assert second == {"runs": 0, "failed_runs": 0, "files": 0, "calibration_files": 0}
