@@ -18,6 +18,7 @@ class Camera:
     spacecraft_id
         Spacecraft identifier carried in the packets' secondary header. The flight mapping of
         MOC to SOC identifiers is not public; these values are the simulated set.
+
     """
 
     obs: str

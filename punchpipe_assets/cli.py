@@ -3,217 +3,53 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import func, select
+from rich.text import Text
 
+from punchpipe_assets.cli_access import products, reset
 from punchpipe_assets.config import PipelineConfig, load_config
-from punchpipe_assets.resources.catalog import (
-    CalibrationDelivery,
-    CatalogResource,
-    Packet,
-    ProductFile,
-    TelemetryFile,
-)
+from punchpipe_assets.demo import DEMO_HOURS, DEMO_SIZE
+from punchpipe_assets.diskspace import DISK_FULL_EXIT_STATUS, from_full_disk, full_folders, no_space_message
+from punchpipe_assets.guard import PipelineBusy
+from punchpipe_assets.resources.catalog import CatalogResource
+from punchpipe_assets.runner import apply_pool_limits, console, prepare_environment, run_process
+from punchpipe_assets.status import catalog_status
 
-console = Console(stderr=True)
-INSTANCE_TEMPLATE = Path(__file__).parent / "instance" / "dagster.yaml"
-DEMO_START = "2025-08-01T12:00:00"
-
-
-def prepare_environment(config: PipelineConfig) -> None:
-    """Point Dagster, Prefect and astropy at the installation's folders (embedded default)."""
-    config.make_dirs()
-    os.environ.setdefault("DAGSTER_HOME", str(config.dagster_home))
-    os.environ.setdefault("PREFECT_HOME", str(config.home / "prefect"))
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(config.home / "numba-cache"))
-    os.environ.setdefault("PUNCHPIPE_HOME", str(config.home))
-    instance_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
-    if not instance_yaml.exists():
-        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(INSTANCE_TEMPLATE, instance_yaml)
-    # The command line shows progress and a summary; punchbowl's per-step and the storage
-    # migrations' INFO lines go to the Dagster run logs, not the terminal.
-    for name in ("punchbowl", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+#: Default start of `punchpipe simulate` (a day the tests also use).
+SIMULATE_START = "2025-08-01T12:00:00"
+#: Exit status when another writer holds the installation (``EX_TEMPFAIL``: try again later).
+BUSY_EXIT_STATUS = 75
 
 
-def catalog_status(config: PipelineConfig) -> dict:
-    """Products per level and code, and the state of every telemetry file."""
-    catalog = CatalogResource(url=config.catalog_url)
-    with catalog.session() as session:
-        levels: dict[str, dict[str, int]] = {}
-        rows = session.execute(
-            select(ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id))
-            .where(
-                ProductFile.id.not_in(
-                    select(CalibrationDelivery.file_id).where(CalibrationDelivery.file_id.is_not(None))
-                )
-            )
-            .group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
-        )
-        for level, file_type, obs, count in rows:
-            levels.setdefault(level, {})[f"{file_type}{obs}"] = count
-        packet_states = dict(session.execute(select(Packet.state, func.count(Packet.id)).group_by(Packet.state)).all())
-        telemetry = [
-            {"file": t.name, "state": t.state, "reason": t.reason, "packets": t.n_packets}
-            for t in session.scalars(select(TelemetryFile).order_by(TelemetryFile.id))
-        ]
-        calibration = [
-            {"file": d.name, "state": d.state, "reason": d.reason}
-            for d in session.scalars(select(CalibrationDelivery).order_by(CalibrationDelivery.id))
-        ]
-    return {"levels": levels, "packets": packet_states, "telemetry": telemetry, "calibration": calibration}
-
-
-def apply_pool_limits(instance, config: PipelineConfig) -> dict[str, int]:
-    """Set the instance's concurrency pool limits from the configuration (what the UI's
-    Concurrency page or ``dagster instance concurrency set POOL N`` would do)."""
-    limits = config.pools.model_dump()
-    for pool, limit in limits.items():
-        instance.event_log_storage.set_concurrency_slots(pool, limit)
-    return limits
-
-
-def run_process(config: PipelineConfig, instance=None, show_progress: bool = True, level1: bool = False) -> dict:
-    """Do once, in this process, what the daemon's sensors and automation do, through Dagster.
-
-    Registers calibration deliveries, then new telemetry (landing sensor logic) and materializes
-    Level 0 until no new file is left, then early Level 1 of every hour that has Level 0 frames
-    (``level1``; frames whose inputs did not change are not remade). Every run executes on the
-    instance (default: ``DAGSTER_HOME``'s) in this one process, so punchbowl is imported once.
-
-    Returns
-    -------
-    dict
-        Files registered, runs executed and how many failed.
-    """
-    import dagster as dg
-
-    from punchpipe_assets.definitions import build_definitions
-    from punchpipe_assets.resources import ArchiveResource
-    from punchpipe_assets.sensors.calibration import calibration_events, scan_calibration_landing
-    from punchpipe_assets.sensors.landing import run_request_for, scan_landing, telemetry_events
-
-    instance = instance or dg.DagsterInstance.get()
-    apply_pool_limits(instance, config)
-    definitions = build_definitions(config)
-    catalog = CatalogResource(url=config.catalog_url)
-    deliveries = scan_calibration_landing(catalog, ArchiveResource(root=str(config.archive_dir)), config)
-    for event in calibration_events(deliveries):
-        instance.report_runless_asset_event(event)
-    summary = {"runs": 0, "failed_runs": 0, "files": 0, "calibration_files": len(deliveries)}
-
-    def execute(job, description: str, run_request, asset_keys, progress, task) -> None:
-        progress.update(task, description=description)
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=run_request.partition_key,
-            tags=run_request.tags,
-            asset_selection=asset_keys,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
-        )
-        summary["runs"] += 1
-        summary["failed_runs"] += not result.success
-        progress.advance(task)
-
-    level0_job = definitions.resolve_job_def("level0_job")
-    while True:
-        scan = scan_landing(catalog, config, max_files=10**6)
-        summary["files"] += len(scan.ingested)
-        for event in telemetry_events(scan):
-            instance.report_runless_asset_event(event)
-        if not scan.requests:
-            break
-        with Progress(console=console, disable=not show_progress) as progress:
-            task = progress.add_task("Level 0", total=len(scan.requests))
-            for request in scan.requests:
-                first, last = request.partition_keys
-                description = f"Level 0 {first} .. {last} obs {','.join(request.observatories)}"
-                execute(level0_job, description, run_request_for(request, scan.run_key), request.asset_keys, progress, task)
-        if not scan.remaining:
-            break
-    if level1:
-        process_level1(definitions, catalog, execute, show_progress)
-    return summary
-
-
-def process_level1(definitions, catalog: CatalogResource, execute, show_progress: bool) -> None:
-    """Early Level 1 of the hours whose Level 0 frames have no early product yet, or a newer Level 0 file.
-
-    One partition-range run per block of consecutive hours. Frames that failed or lacked
-    calibration have no product, so they are tried again; hours already up to date are not run.
-    """
-    from sqlalchemy import exists
-    from sqlalchemy.orm import aliased
-
-    from punchpipe_assets.assets.level1 import level1_early_key
-    from punchpipe_assets.cameras import CAMERA_BY_OBS
-    from punchpipe_assets.level1 import SCIENCE_CODES
-    from punchpipe_assets.sensors.landing import hour_blocks, run_request_for
-
-    early = aliased(ProductFile)
-    up_to_date = exists().where(
-        early.level == "1",
-        early.file_type.like("X%"),
-        early.observatory == ProductFile.observatory,
-        early.date_obs == ProductFile.date_obs,
-        early.date_created >= ProductFile.date_created,
-    )
-    with catalog.session() as session:
-        rows = session.execute(
-            select(ProductFile.acquisition_time, ProductFile.observatory)
-            .where(ProductFile.level == "0", ProductFile.file_type.in_(SCIENCE_CODES), ~up_to_date)
-            .distinct()
-        ).all()
-    touched: dict[datetime, set[str]] = {}
-    for when, obs in rows:
-        touched.setdefault(when.replace(minute=0, second=0, microsecond=0), set()).add(obs)
-    if not touched:
-        return
-    job = definitions.resolve_implicit_global_asset_job_def()
-    blocks = hour_blocks(touched)
-    with Progress(console=console, disable=not show_progress) as progress:
-        task = progress.add_task("Level 1", total=len(blocks))
-        for block in blocks:
-            first, last = block.partition_keys
-            keys = [level1_early_key(CAMERA_BY_OBS[obs]) for obs in block.observatories]
-            description = f"Level 1 early {first} .. {last} obs {','.join(block.observatories)}"
-            execute(job, description, run_request_for(block, "process"), keys, progress, task)
-
-
-def print_status(status: dict) -> None:
-    """Print products per level and the telemetry files as tables."""
+def print_status(status: dict, telemetry: bool = True) -> None:
+    """Print products per level and (with ``telemetry``) the telemetry files and deliveries as tables."""
     table = Table(title="Products")
     table.add_column("level")
     table.add_column("products")
     for level, counts in sorted(status["levels"].items()):
         table.add_row(level, ", ".join(f"{code}: {n}" for code, n in sorted(counts.items())))
     console.print(table)
-    telemetry = Table(title="Telemetry files")
+    if not telemetry:
+        return
+    files = Table(title="Telemetry files")
     for column in ("file", "state", "packets", "reason"):
-        telemetry.add_column(column)
+        files.add_column(column)
     for row in status["telemetry"]:
-        telemetry.add_row(row["file"], row["state"], str(row["packets"]), row["reason"] or "")
-    console.print(telemetry)
+        files.add_row(Text(row["file"]), row["state"], str(row["packets"]), Text(row["reason"] or ""))
+    console.print(files)
     console.print(f"packets: {status['packets']}")
     if status["calibration"]:
         calibration = Table(title="Calibration deliveries")
         for column in ("file", "state", "reason"):
             calibration.add_column(column)
         for row in status["calibration"]:
-            calibration.add_row(row["file"], row["state"], row["reason"] or "")
+            calibration.add_row(Text(row["file"]), row["state"], Text(row["reason"] or ""))
         console.print(calibration)
 
 
@@ -233,7 +69,7 @@ def main(context: click.Context, config_file: str | None) -> None:
 
 
 @main.command()
-@click.option("--start", default=DEMO_START, help="First acquisition time, ISO 8601 UTC.")
+@click.option("--start", default=SIMULATE_START, help="First acquisition time, ISO 8601 UTC.")
 @click.option("--hours", default=1.0, show_default=True, type=float)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--size", default=2048, show_default=True, type=int, help="Frame size in pixels.")
@@ -262,12 +98,33 @@ def simulate(
     console.print(f"wrote {len(report.files)} downlink files to {out}")
 
 
+def exit_if_disk_full(config: PipelineConfig, error: BaseException | None = None) -> None:
+    """Say "no space left on device" and exit (``DISK_FULL_EXIT_STATUS``) if a full disk caused the error or failure."""
+    if (error is not None and from_full_disk(error, config)) or (error is None and full_folders(config)):
+        click.echo(no_space_message(config), err=True)
+        sys.exit(DISK_FULL_EXIT_STATUS)
+
+
 @main.command()
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--wait", "wait_seconds", default=0.0, type=float, help="Seconds to wait for another writer.")
 @click.pass_obj
-def process(config: PipelineConfig, quiet: bool) -> None:
-    """Register calibration deliveries and new telemetry, make Level 0 and early Level 1, then print a summary."""
-    summary = run_process(config, show_progress=not quiet, level1=True)
+def process(config: PipelineConfig, quiet: bool, wait_seconds: float) -> None:
+    """Do what the daemon would do now (sensors, automation), until nothing is left; print a summary.
+
+    One writer at a time: while another ``process`` or ``backfill`` holds this home, or a daemon runs
+    on the instance, it says so and exits with status 75.
+    """
+    try:
+        summary = run_process(config, show_progress=not quiet, wait_seconds=wait_seconds)
+    except PipelineBusy as busy:
+        click.echo(f"not started: {busy}", err=True)
+        sys.exit(BUSY_EXIT_STATUS)
+    except Exception as error:
+        exit_if_disk_full(config, error)
+        raise
+    if summary["failed_runs"]:
+        exit_if_disk_full(config)
     print_status(catalog_status(config))
     console.print(
         f"{summary['files']} new telemetry files, {summary['runs']} Dagster runs, {summary['failed_runs']} failed"
@@ -289,39 +146,62 @@ def status(config: PipelineConfig, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--hours", default=0.5, show_default=True, type=float)
-@click.option("--size", default=1024, show_default=True, type=int, help="Frame size (2048 is flight size).")
+@click.option("--hours", default=DEMO_HOURS, show_default=True, type=float, help="Hours of telemetry, ending now.")
+@click.option("--size", default=DEMO_SIZE, show_default=True, type=int, help="Frame size (2048 is flight size).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--start", default=DEMO_START, help="First acquisition time, ISO 8601 UTC.")
-@click.pass_context
-def demo(context: click.Context, hours: float, size: int, seed: int, start: str) -> None:
-    """Simulate HOURS of telemetry and a calibration set, then process them to early Level 1."""
-    from datetime import timedelta
+@click.pass_obj
+def demo(config: PipelineConfig, hours: float, size: int, seed: int) -> None:
+    """Simulate HOURS of telemetry ending now and a calibration delivery, then process them like the daemon."""
+    from punchpipe_assets.demo import apply_demo_settings, needs_more_data, prepare_demo
 
-    from punchpipe_assets.calibration import synthesize_calibration
-
-    config: PipelineConfig = context.obj
-    context.invoke(
-        simulate,
-        start=start,
-        hours=hours,
-        out=str(config.landing_dir),
-        size=size,
-        seed=seed,
-        gaps=0.0,
-        replay=False,
-        duplicates=0.0,
-        damage=False,
+    config = apply_demo_settings(config, size)
+    prepared = prepare_demo(config, hours, size, seed)
+    console.print(
+        f"simulated {prepared['start']:%Y-%m-%d %H:%M:%S} .. {prepared['end']:%H:%M:%S} UTC: "
+        f"{prepared['telemetry_files']} downlink files, {prepared['calibration_files']} calibration files"
     )
-    config.make_dirs()
-    calibration = synthesize_calibration(
-        Path(config.calibration_landing_dir), datetime.fromisoformat(start) - timedelta(days=1), size=size
-    )
-    console.print(f"wrote {len(calibration)} calibration files to {config.calibration_landing_dir}")
-    config.calibration_image_size = size
-    config.sensor.settle_seconds = 0  # the simulator writes each file atomically
-    context.invoke(process, quiet=False)
+    summary = run_process(config, show_progress=True)
+    print_status(catalog_status(config), telemetry=False)
+    console.print(f"{summary['runs']} Dagster runs, {summary['failed_runs']} failed")
+    console.print("[bold]Needs more data:[/bold]")
+    for line in needs_more_data(config):
+        console.print(f"  - {line}")
     console.print(f"Browse the lineage: punchpipe ui  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    if summary["failed_runs"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--start", required=True, help="First time, ISO 8601 UTC (e.g. 2025-08-01).")
+@click.option("--end", required=True, help="End time (exclusive), ISO 8601 UTC.")
+@click.option("--assets", "selection", default=None, help="Dagster asset selection (default: every product).")
+@click.option("--no-wait", is_flag=True, help="Launch the backfill and return (the daemon runs it).")
+@click.pass_obj
+def backfill(config: PipelineConfig, start: str, end: str, selection: str | None, no_wait: bool) -> None:
+    """Launch a Dagster backfill of every selected product partition in [START, END) and wait for it."""
+    from punchpipe_assets.runner import DEFAULT_BACKFILL_SELECTION, run_backfill
+
+    try:
+        result = run_backfill(
+            config,
+            datetime.fromisoformat(start),
+            datetime.fromisoformat(end),
+            selection or DEFAULT_BACKFILL_SELECTION,
+            wait=not no_wait,
+        )
+    except PipelineBusy as busy:
+        click.echo(f"not started: {busy}", err=True)
+        sys.exit(BUSY_EXIT_STATUS)
+    except Exception as error:
+        exit_if_disk_full(config, error)
+        raise
+    if result["failed_runs"]:
+        exit_if_disk_full(config)
+    console.print(
+        f"backfill {result['backfill_id']}: {result['status']}, {result['runs']} runs, {result['failed_runs']} failed"
+    )
+    if result["failed_runs"] or result["status"] not in ("REQUESTED", "COMPLETED_SUCCESS", "COMPLETED"):
+        sys.exit(1)
 
 
 def _print_tree(node: dict, indent: str = "") -> None:
@@ -364,6 +244,84 @@ def affected(config: PipelineConfig, file: str) -> None:
     console.print(f"{len(rows)} products, {len({(r[0], r[1]) for r in rows})} partitions")
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="Remake missing or damaged products from their inputs (a backfill).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def verify(config: PipelineConfig, repair: bool, as_json: bool) -> None:
+    """Compare every archive file with its catalogued checksum; report (and with --repair remake) the rest.
+
+    Exits 1 while a problem remains.
+    """
+    from dataclasses import asdict
+
+    from punchpipe_assets.runner import run_backfill
+    from punchpipe_assets.verify import repair_selectors, verify_archive
+
+    checked, problems = verify_archive(config)
+    if repair and (selectors := repair_selectors(problems)):
+        epoch = datetime(2000, 1, 1)
+        try:
+            result = run_backfill(config, epoch, epoch, "*", selectors=selectors, show_progress=not as_json)
+        except PipelineBusy as busy:
+            click.echo(f"not repaired: {busy}", err=True)
+            sys.exit(BUSY_EXIT_STATUS)
+        if not as_json:
+            console.print(f"repair backfill {result['backfill_id']}: {result['status']}, {result['runs']} runs")
+        checked, remaining = verify_archive(config)
+        repaired = [p for p in problems if p.path not in {r.path for r in remaining}]
+        problems = remaining
+    else:
+        repaired = []
+    if as_json:
+        report = {"checked": checked, "problems": [asdict(p) for p in problems]}
+        click.echo(json.dumps(report | {"repaired": [p.path for p in repaired]}, indent=2))
+    else:
+        for problem in problems:
+            what = f"{problem.asset} {problem.partition}" if problem.asset else "delivered: deliver it again"
+            click.echo(
+                f"{problem.problem:8} {problem.path}  ({what}; made from {len(problem.made_from)} files, "
+                f"used by {len(problem.used_by)})"
+            )
+        console.print(f"{checked} files checked, {len(problems)} missing or damaged, {len(repaired)} repaired")
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="punchbowl,punchbowl_large_memory,dagster",
+    show_default=True,
+    help="Comma-separated Celery queues (one per concurrency pool; `dagster` for steps outside the pools, "
+    "such as the CTM movie) this worker takes steps from.",
+)
+@click.option("--name", default=None, help="Worker name (default: punchpipe-QUEUES@host).")
+@click.pass_obj
+def worker(config: PipelineConfig, queues: str, name: str | None) -> None:
+    """Start a Celery worker for runs executed with ``execution.mode: celery``.
+
+    One step at a time, acknowledged when done (a step of a worker that dies goes back to the
+    queue), punchbowl imported once when the worker starts. Broker and result backend from
+    ``$PUNCHPIPE_CELERY_BROKER`` and ``$PUNCHPIPE_CELERY_BACKEND``.
+    """
+    import socket
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    name = name or f"punchpipe-{'-'.join(wanted)}@{socket.gethostname()}"
+    command = [
+        sys.executable, "-m", "celery", "-A", "punchpipe_assets.celery_app", "worker",
+        "--queues", ",".join(wanted), "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--hostname", name, "--loglevel", "INFO",
+    ]  # fmt: skip
+    from punchpipe_assets.ui import child_environment
+
+    # The worker replaces this process: signals (a supervisor's TERM) reach Celery itself; it loads
+    # the configuration this command loaded (``--config``).
+    env = child_environment(config_file_given()) | {"PUNCHPIPE_HOME": str(config.home)}
+    os.execve(sys.executable, command, env)
+
+
 @main.group()
 def calibration() -> None:
     """Calibration files."""
@@ -383,16 +341,26 @@ def calibration() -> None:
 def calibration_synthesize(
     config: PipelineConfig, out: str | None, date_obs: str, file_version: str, size: int
 ) -> None:
-    """Write a plausible calibration set for the simulator's cameras (flight files are not public)."""
-    from punchpipe_assets.calibration import synthesize_calibration
+    """Write a plausible calibration set and bootstrap models for the simulator's cameras.
 
-    paths = synthesize_calibration(
+    Flight files are not public; the models let late Level 1, Level 2 and Level Q run before the
+    pipeline has made its own.
+    """
+    from punchpipe_assets.calibration.bootstrap import synthesize_delivery
+
+    paths = synthesize_delivery(
         Path(out or config.calibration_landing_dir),
         datetime.fromisoformat(date_obs),
-        file_version=file_version,
         size=size,
+        trefoil_downsample=config.level2.trefoil_downsample,
+        file_version=file_version,
     )
     console.print(f"wrote {len(paths)} calibration files to {out or config.calibration_landing_dir}")
+
+
+def config_file_given() -> str | None:
+    """Return the ``--config`` file of the command line being run, if it named one."""
+    return click.get_current_context().find_root().params.get("config_file")
 
 
 @main.command()
@@ -400,21 +368,15 @@ def calibration_synthesize(
 @click.option("--port", default=3000, show_default=True, type=int)
 @click.pass_obj
 def ui(config: PipelineConfig, host: str, port: int) -> None:
-    """Open the Dagster UI (and daemon) on this installation's instance."""
+    """Run the Dagster UI and daemon on this installation's instance, restarting either if it dies."""
     import dagster as dg
+
+    from punchpipe_assets.ui import run_ui
 
     with dg.DagsterInstance.get() as instance:
         apply_pool_limits(instance, config)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-m",
-        "punchpipe_assets.definitions",
-        "-h",
-        host,
-        "-p",
-        str(port),
-    ]
-    sys.exit(subprocess.call(command))
+    sys.exit(run_ui(Path(os.environ["DAGSTER_HOME"]), host, port, config_file_given()))
+
+
+main.add_command(products)
+main.add_command(reset)

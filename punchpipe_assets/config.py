@@ -18,9 +18,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from punchpipe_assets.config_level1 import Level1Settings
+from punchpipe_assets.config_ops import FreshnessSettings, QuicklookSettings, WatchdogSettings
+from punchpipe_assets.level2.nfi_pca import NfiPcaSettings
+from punchpipe_assets.level3.settings import GridWindowSettings, LowNoiseSettings, StarfieldSettings, VelocitySettings
 
 DEFAULT_HOME = "var"
 
@@ -73,6 +79,9 @@ class AutomationSettings(BaseModel):
     automatic_priority: int = Field(
         5, description="Priority of automation runs; operator backfills (priority 0) run behind."
     )
+    quicklook_priority: int = Field(
+        8, description="Priority of QuickPUNCH automation runs (quick Level 1, Level Q): ahead of back-processing."
+    )
 
 
 class StrayLightSettings(BaseModel):
@@ -104,6 +113,120 @@ class StrayLightSettings(BaseModel):
         return value
 
 
+class Level2Settings(BaseModel):
+    """Level 2 trefoil mosaics (punchbowl's ``level2_core_flow``) and how their inputs are grouped.
+
+    Groups are the frames of one slot of a fixed cadence grid (``cycle_seconds`` long, boundaries
+    ``cycle_offset_seconds`` after each multiple of the cycle from the mission start): the
+    simulator's, and the mission's, cadence is a polarized triplet (M, Z, P 80 s apart) and every
+    other cycle a clear image, every 4 minutes, the three WFI within seconds of each other.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycle_seconds: int = Field(240, gt=0, description="Length of a cadence slot; must divide an hour.")
+    cycle_offset_seconds: int = Field(
+        -3,
+        description="Slot boundaries relative to whole cycles from the mission start: between the last clear "
+        "image of a cycle (DATE-OBS about 220 s in) and the first polarized one of the next (about 254 s).",
+    )
+    incomplete_wait_hours: float = Field(
+        48.0, ge=0, description="How long after its slot an incomplete group waits for missing members."
+    )
+    trefoil_downsample: int = Field(
+        1,
+        ge=1,
+        description="1: flight mosaics (4096x4096); 8: punchbowl's test frame (trefoil_wcs[::8, ::8], 512x512).",
+    )
+    trim_edges_px: int = Field(0, ge=0)
+    rolloff_width: float = Field(0.25, ge=0)
+    rolloff_strength: float = Field(1.0, ge=0)
+    nfi_pca: NfiPcaSettings = Field(default_factory=NfiPcaSettings)
+
+    @property
+    def trefoil_shape(self) -> tuple[int, int]:
+        """Shape of the mosaics: punchbowl's 4096x4096 trefoil divided by ``trefoil_downsample``."""
+        return (4096 // self.trefoil_downsample, 4096 // self.trefoil_downsample)
+
+    @field_validator("cycle_seconds")
+    @classmethod
+    def _divides_hour(cls, value: int) -> int:
+        if 3600 % value:
+            raise ValueError("cycle_seconds must divide 3600 (every hour holds whole slots)")
+        return value
+
+    @field_validator("trefoil_downsample")
+    @classmethod
+    def _divides_trefoil(cls, value: int) -> int:
+        if 4096 % value:
+            raise ValueError("trefoil_downsample must divide 4096 (the flight trefoil's size)")
+        return value
+
+
+class LevelQSettings(BaseModel):
+    """QuickPUNCH (Level Q): CQM mosaics, CFM F-corona models, CTM and 32-minute QAM averages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    incomplete_wait_hours: float = Field(
+        2.0, ge=0, description="How long an incomplete CQM group (fewer than 3 QR) waits before it is made."
+    )
+    model_spacing_hours: int = Field(6, gt=0, description="CFM grid spacing from midnight; must divide 24.")
+    model_window_hours: float = Field(24.0, gt=0, description="CQM mosaics of this long before a grid time feed it.")
+    model_min_inputs: int = Field(3, ge=1, description="Fewest CQM a CFM is built from.")
+    model_max_inputs: int = Field(48, ge=1, description="Most CQM a CFM is built from (a seeded choice).")
+    model_seed: int = Field(0, description="Seed of the choice of CQM when more than model_max_inputs exist.")
+    qam_wait_hours: float = Field(2.0, ge=0, description="How long an incomplete 32-minute bin waits before made.")
+
+    @field_validator("model_spacing_hours")
+    @classmethod
+    def _divides_day(cls, value: int) -> int:
+        if 24 % value:
+            raise ValueError("model_spacing_hours must divide 24 (a fixed grid from midnight)")
+        return value
+
+    @model_validator(mode="after")
+    def _whole_grid_steps(self) -> LevelQSettings:
+        if self.model_window_hours % self.model_spacing_hours:
+            raise ValueError("model_window_hours must be a multiple of model_spacing_hours")
+        if self.model_min_inputs > self.model_max_inputs:
+            raise ValueError("model_min_inputs must not exceed model_max_inputs")
+        return self
+
+
+class FCoronaSettings(GridWindowSettings):
+    """Level 3 F-corona models ``PF{n}``/``CF{n}`` (punchbowl's ``construct_f_corona_model``) on a fixed grid.
+
+    A model of grid time ``t`` (every ``spacing_hours`` from the mission epoch's midnight) is built
+    from the camera's Level 2 layers (``XP{n}`` for polarized, ``XR{n}`` for clear) of the
+    ``half_window_hours`` before ``t`` and the ``half_window_hours`` from ``t`` on, with at least
+    ``min_inputs_per_half`` on each side and at most ``max_inputs_per_half`` (a seeded choice).
+    Defaults fit the mission cadence (about 15 polarized and 7 clear layers an hour per camera):
+    two days either side, and at most 15 a side so that a polarized model's stack (N x 3 x 4096
+    x 4096 float32, 200 MB a layer) stays near 6 GB, the large-memory pool's budget.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    spacing_hours: int = Field(12, gt=0, description="Grid spacing from the epoch's midnight; must divide 24.")
+    half_window_hours: float = Field(48.0, gt=0, description="Layers this long before and after a grid time feed it.")
+    min_inputs_per_half: int = Field(10, ge=1, description="Fewest layers on each side of the grid time.")
+    max_inputs_per_half: int = Field(15, ge=1, description="Most layers on each side (a seeded choice above).")
+    seed: int = Field(0, description="Seed of the choice of layers when more than max_inputs_per_half exist.")
+    num_workers: int = Field(2, ge=1, description="Worker (and loader) processes of construct_f_corona_model.")
+
+
+class Level3Settings(BaseModel):
+    """Level 3: F-corona and starfield models, PIM/CIM, PTM/CTM, low-noise PAM/CAM, velocity VAM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fcorona: FCoronaSettings = Field(default_factory=FCoronaSettings)
+    starfield: StarfieldSettings = Field(default_factory=StarfieldSettings)
+    low_noise: LowNoiseSettings = Field(default_factory=LowNoiseSettings)
+    velocity: VelocitySettings = Field(default_factory=VelocitySettings)
+
+
 class PoolSettings(BaseModel):
     """Dagster concurrency pool limits: how many steps of a pool run at once across all runs.
 
@@ -116,6 +239,33 @@ class PoolSettings(BaseModel):
 
     punchbowl: int = Field(3, ge=1)
     punchbowl_large_memory: int = Field(1, ge=1)
+
+
+class ExecutionSettings(BaseModel):
+    """How a run's steps execute: Dagster's in-process, multiprocess or Celery executor.
+
+    ``in_process`` (the embedded default): one process per run, punchbowl imported once per run.
+    ``multiprocess``: a process per step, at most ``max_concurrent`` at once. ``celery``: steps go
+    to Celery workers (``punchpipe worker``) through the broker ``$PUNCHPIPE_CELERY_BROKER``, results
+    through ``$PUNCHPIPE_CELERY_BACKEND`` (URLs from the environment only: they may hold credentials),
+    one queue per concurrency pool.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["in_process", "multiprocess", "celery"] = Field(
+        default_factory=lambda: os.environ.get("PUNCHPIPE_EXECUTION", "in_process")
+    )
+    max_concurrent: int = Field(2, ge=1, description="multiprocess: steps at once (memory limits this).")
+
+    @model_validator(mode="after")
+    def _celery_needs_a_broker(self) -> ExecutionSettings:
+        missing = [v for v in ("PUNCHPIPE_CELERY_BROKER", "PUNCHPIPE_CELERY_BACKEND") if not os.environ.get(v)]
+        if self.mode == "celery" and missing:
+            raise ValueError(
+                f"execution.mode celery needs the broker and result backend URLs in ${', $'.join(missing)}"
+            )
+        return self
 
 
 class PipelineConfig(BaseModel):
@@ -133,6 +283,11 @@ class PipelineConfig(BaseModel):
     telemetry_definitions: Path | None = Field(
         None, description="Folder of packet-definition CSV files; default: the simulated set."
     )
+    run_log_level: str = Field(
+        "INFO",
+        pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+        description="Level of the runs' console log (the event log keeps all).",
+    )
     calibration_image_size: int = Field(
         2048, gt=0, description="Image size calibration files must have (2048 in flight)."
     )
@@ -140,7 +295,15 @@ class PipelineConfig(BaseModel):
     sensor: SensorSettings = Field(default_factory=SensorSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     stray_light: StrayLightSettings = Field(default_factory=StrayLightSettings)
+    level1: Level1Settings = Field(default_factory=Level1Settings)
+    level2: Level2Settings = Field(default_factory=Level2Settings)
+    levelq: LevelQSettings = Field(default_factory=LevelQSettings)
+    level3: Level3Settings = Field(default_factory=Level3Settings)
     pools: PoolSettings = Field(default_factory=PoolSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+    quicklook: QuicklookSettings = Field(default_factory=QuicklookSettings)
 
     @field_validator("home")
     @classmethod
@@ -184,6 +347,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
     -------
     PipelineConfig
         The validated configuration, paths made absolute.
+
     """
     data: dict = {}
     candidate = path or os.environ.get("PUNCHPIPE_CONFIG")
@@ -198,7 +362,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
 
 
 def immediate_config(home: str | os.PathLike, catalog_url: str | None = None) -> PipelineConfig:
-    """A configuration under ``home`` that processes at once: no settle time, no replay wait.
+    """Return a configuration under ``home`` that processes at once: no settle time, no replay wait.
 
     For tests and benchmarks, where simulated files are written atomically and complete. The
     catalog is SQLite in ``home`` unless ``catalog_url`` is given. Folders are created.

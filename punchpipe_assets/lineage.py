@@ -12,10 +12,12 @@ from punchpipe_assets.resources.catalog import FilePacket, FileRelationship, Pac
 
 
 def find_product(session: Session, path_or_name: str) -> ProductFile:
-    """The catalogued product with this path or base name."""
+    """Find the catalogued product with this (archive-relative) path or base name."""
     name = Path(path_or_name).name
     product = session.scalars(
-        select(ProductFile).where(or_(ProductFile.path == str(path_or_name), ProductFile.path.like(f"%/{name}")))
+        select(ProductFile).where(
+            or_(ProductFile.path == str(path_or_name), ProductFile.path == name, ProductFile.path.like(f"%/{name}"))
+        )
     ).first()
     if product is None:
         raise LookupError(f"{path_or_name} is not in the catalog")
@@ -23,12 +25,13 @@ def find_product(session: Session, path_or_name: str) -> ProductFile:
 
 
 def lineage_tree(session: Session, product: ProductFile) -> dict:
-    """The tree of a product down to its telemetry files.
+    """Return the tree of a product down to its telemetry files.
 
     Returns
     -------
     dict
         ``{"file", "path", "sha256", "parents": [...], "telemetry": [{"file", "state", "packets": {role: n}}]}``.
+
     """
     parents = session.scalars(
         select(ProductFile)
@@ -89,9 +92,10 @@ def partitions_reselecting(session: Session, delivered: ProductFile) -> dict[str
     -------
     dict[str, list[str]]
         Partition key to the names of the products to remake in it.
+
     """
-    from punchpipe_assets.calibration import calibration_codes_for, kind_for_code
-    from punchpipe_assets.level1 import installed_calibration, select_frame_calibration
+    from punchpipe_assets.calibration.kinds import calibration_codes_for, kind_for_code
+    from punchpipe_assets.calibration.select import installed_calibration, select_frame_calibration
 
     kind = kind_for_code(delivered.file_type)
     query = (
@@ -121,7 +125,10 @@ def partitions_reselecting(session: Session, delivered: ProductFile) -> dict[str
     for product_id, product in products.items():
         inputs = [parents[i] for i in parents_by_product[product_id]]
         level0 = next((p for p in inputs if p.level == "0"), None)
-        if level0 is None or delivered.file_type not in calibration_codes_for(level0.file_type, level0.observatory).values():
+        if (
+            level0 is None
+            or delivered.file_type not in calibration_codes_for(level0.file_type, level0.observatory).values()
+        ):
             continue
         _, selected = select_frame_calibration(session, level0, available)
         recorded = {p.id for p in inputs if p.file_type == delivered.file_type}

@@ -16,6 +16,7 @@ class PipelineResource(dg.ConfigurableResource):
     ----------
     settings_json
         The configuration as JSON, as ``PipelineConfig.model_dump_json`` writes it.
+
     """
 
     settings_json: str
@@ -27,10 +28,14 @@ class PipelineResource(dg.ConfigurableResource):
 
 
 def build_resources(config: PipelineConfig) -> dict[str, dg.ConfigurableResource]:
-    """The resources of one installation."""
+    """Build the resources of one installation."""
     return {
         "catalog": CatalogResource(url=config.catalog_url),
-        "archive": ArchiveResource(root=str(config.archive_dir)),
+        "archive": ArchiveResource(
+            root=str(config.archive_dir),
+            quicklook_size=config.quicklook.file_size,
+            thumbnail_size=config.quicklook.size,
+        ),
         "pipeline": PipelineResource(settings_json=config.model_dump_json()),
     }
 

@@ -1,0 +1,1 @@
+"""Dagster sensors: telemetry landing, calibration deliveries and expired waits."""

@@ -2,25 +2,33 @@
 
 import hashlib
 import json
-import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from punchpipe_assets.assets.level0 import level0_key
-from punchpipe_assets.assets.telemetry import telemetry_key
 from punchpipe_assets.cameras import CAMERA_BY_OBS, CAMERA_BY_SPACECRAFT_ID
 from punchpipe_assets.config import PipelineConfig
+from punchpipe_assets.level0.assets import level0_key
 from punchpipe_assets.resources import CatalogResource, PipelineResource
 from punchpipe_assets.resources.catalog import Packet, TelemetryFile, utcnow
-from punchpipe_assets.telemetry.ingest import IngestResult, hour_of, register_telemetry_file
+from punchpipe_assets.sensors.landing_folder import BadEntry, Registered, survey_landing
+from punchpipe_assets.telemetry.assets import telemetry_key
+from punchpipe_assets.telemetry.ingest import (
+    IngestResult,
+    hour_of,
+    record_quarantined,
+    record_unreadable,
+    register_telemetry_file,
+)
 from punchpipe_assets.telemetry.packets import load_packet_set
+from punchpipe_assets.telemetry.regrow import reexamine_telemetry_file
 
-TELEMETRY_SUFFIX = ".tlm"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 
 
@@ -54,23 +62,22 @@ class LandingScan:
     run_key: str = ""
 
 
+def registered_files(catalog: CatalogResource) -> dict[str, Registered]:
+    """Every telemetry file name the catalog knows, with its state and size."""
+    with catalog.session() as session:
+        rows = session.execute(select(TelemetryFile.name, TelemetryFile.state, TelemetryFile.size))
+        return {name: Registered(state, size) for name, state, size in rows}
+
+
 def new_landing_files(config: PipelineConfig, known: set[str], now: float) -> tuple[list[Path], int]:
     """Downlink files in the landing folder that the catalog does not know, oldest first.
 
     A file modified within ``settle_seconds``, or still named ``*.part``, is being written and is
     left for a later tick. Returns the settled new files and the number still settling.
     """
-    settled, unsettled = [], 0
-    with os.scandir(config.landing_dir) as entries:
-        for entry in entries:
-            if not entry.name.endswith(TELEMETRY_SUFFIX) or entry.name in known or not entry.is_file():
-                continue
-            modified = entry.stat().st_mtime
-            if now - modified < config.sensor.settle_seconds:
-                unsettled += 1
-            else:
-                settled.append((modified, entry.name))
-    return [Path(config.landing_dir) / name for _, name in sorted(settled)], unsettled
+    registered = {name: Registered("quarantined", 0) for name in known}
+    survey = survey_landing(Path(config.landing_dir), registered, now, config.sensor.settle_seconds)
+    return survey.new, len(survey.settling)
 
 
 def scan_landing(
@@ -84,7 +91,8 @@ def scan_landing(
     The catalog, not the cursor, decides what is new and what is requested, so a restart neither
     skips nor repeats a file: registration is idempotent, packets never attempted by a Level 0 run
     are requested again, and the same catalog state gives the same run key (Dagster launches a
-    run key once).
+    run key once). Nothing in the landing folder raises: entries that are not readable downlinks
+    are quarantined or recorded with their reason, registered files that grew are read again.
 
     Parameters
     ----------
@@ -102,20 +110,30 @@ def scan_landing(
     -------
     LandingScan
         What was registered and the Level 0 requests.
+
     """
     config.make_dirs()
     packet_set = load_packet_set(config.telemetry_definitions)
     scan = LandingScan()
-    with catalog.session() as session:
-        known = set(session.scalars(select(TelemetryFile.name)))
-    files, scan.unsettled = new_landing_files(config, known, datetime.now().timestamp())
+    survey = survey_landing(
+        Path(config.landing_dir), registered_files(catalog), datetime.now().timestamp(), config.sensor.settle_seconds
+    )
+    scan.unsettled = len(survey.settling)
     limit = max_files or config.sensor.max_files_per_tick
-    scan.remaining = max(len(files) - limit, 0)
-    for path in files[:limit]:
-        with catalog.session() as session:
-            result = register_telemetry_file(session, path, packet_set, Path(config.quarantine_dir))
-        if result is not None:
-            scan.ingested.append(result)
+    work = [(path, "new") for path in survey.new] + [(path, "grown") for path in survey.grown]
+    work += [(path, "new") for path in survey.retry]  # last: files that stay unreadable never hold others back
+    scan.remaining = max(len(work) - limit, 0)
+    quarantine_dir = Path(config.quarantine_dir)
+    for bad in survey.bad:
+        scan.ingested.extend(
+            _guarded(catalog, bad.name, lambda session, bad=bad: _record_bad(session, bad, quarantine_dir))
+        )
+    for path, kind in work[:limit]:
+        if kind == "new":
+            step = lambda session, path=path: register_telemetry_file(session, path, packet_set, quarantine_dir)  # noqa: E731
+        else:
+            step = lambda session, path=path: reexamine_telemetry_file(session, path, packet_set)  # noqa: E731
+        scan.ingested.extend(_guarded(catalog, path.name, step))
     touched: dict[datetime, set[str]] = defaultdict(set)
     with catalog.session() as session:
         for obs, hour in _hours_needing_attempts(session, config) - set(busy):
@@ -125,6 +143,28 @@ def scan_landing(
     plan = [(r.partition_keys, r.observatories) for r in scan.requests]
     scan.run_key = hashlib.sha256(json.dumps([high_water, plan]).encode()).hexdigest()[:16]
     return scan
+
+
+def _record_bad(session, bad: BadEntry, quarantine_dir: Path) -> IngestResult | None:
+    """Quarantine a bad landing entry, or record it as unreadable (left in place), with its reason."""
+    if bad.quarantine:
+        return record_quarantined(session, bad.path, bad.name, quarantine_dir, bad.reason, bad.quarantine_name)
+    return record_unreadable(session, bad.name, bad.reason)
+
+
+def _guarded(catalog: CatalogResource, name: str, step: Callable) -> list[IngestResult]:
+    """Run one file's registration in its own transaction; a failure is recorded, never raised."""
+    try:
+        with catalog.session() as session:
+            result = step(session)
+    except Exception as error:  # noqa: BLE001 - one file never stops the scan: recorded with its reason
+        reason = f"could not be registered: {type(error).__name__}: {error}"
+        try:
+            with catalog.session() as session:
+                result = record_unreadable(session, name, reason)
+        except SQLAlchemyError:
+            return [IngestResult(name=name, state="unreadable", reason=reason)]
+    return [result] if result is not None else []
 
 
 def _hours_needing_attempts(session, config: PipelineConfig) -> set[tuple[str, datetime]]:
@@ -203,7 +243,7 @@ def run_priority(request: Level0Request, newest_priority: int, now: datetime | N
 
 
 def run_request_for(request: Level0Request, run_key: str, priority: int = 0) -> dg.RunRequest:
-    """A Dagster run request for one block (a partition range run if it spans several hours)."""
+    """Make the Dagster run request for one block (a partition range run if it spans several hours)."""
     first, last = request.partition_keys
     tags = {"dagster/priority": str(priority)}
     if first == last:
@@ -241,7 +281,7 @@ def telemetry_events(scan: LandingScan) -> list[dg.AssetMaterialization]:
 
 
 def build_landing_sensor(interval_seconds: int = 30, newest_priority: int = 10) -> dg.SensorDefinition:
-    """The landing sensor, evaluated every ``interval_seconds``; ``newest_priority`` see ``run_priority``."""
+    """Build the landing sensor, evaluated every ``interval_seconds``; ``newest_priority`` see ``run_priority``."""
 
     @dg.sensor(
         name="telemetry_landing_sensor",
@@ -257,10 +297,19 @@ def build_landing_sensor(interval_seconds: int = 30, newest_priority: int = 10) 
         """Register new telemetry and request Level 0 work."""
         scan = scan_landing(catalog, pipeline.config, busy=level0_work_in_progress(context.instance))
         for result in scan.ingested:
-            log = context.log.warning if result.state in ("quarantined", "partial") else context.log.info
+            log = (
+                context.log.warning
+                if result.state in ("quarantined", "partial", "unreadable", "skipped")
+                else context.log.info
+            )
             log(
                 f"{result.name}: {result.state} ({result.n_packets} packets)"
                 f"{': ' + result.reason if result.reason else ''}"
+            )
+        if scan.unsettled:
+            context.log.info(
+                f"{scan.unsettled} files settling (modified within {pipeline.config.sensor.settle_seconds:g} s): "
+                "read at a later tick"
             )
         cursor = json.dumps({"registered": len(scan.ingested), "remaining": scan.remaining, "run_key": scan.run_key})
         return dg.SensorResult(

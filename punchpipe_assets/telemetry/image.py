@@ -34,6 +34,7 @@ def decode_image_payload(payload: bytes) -> np.ndarray:
     ------
     ImageDecodeError
         If the start or end marker is missing or the JPEG-LS stream is damaged.
+
     """
     if b"\xff\xd8" not in payload:
         raise ImageDecodeError("image payload has no JPEG start-of-image marker (FF D8)")

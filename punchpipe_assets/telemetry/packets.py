@@ -79,7 +79,7 @@ class PacketSet:
     by_apid: dict[int, PacketDefinition]
 
     def by_kind(self, kind: str) -> PacketDefinition:
-        """The definition of the packet of one kind (``image``, ``filter_wheel``, ``attitude``)."""
+        """Return the definition of the packet of one kind (``image``, ``filter_wheel``, ``attitude``)."""
         for definition in self.by_apid.values():
             if definition.kind == kind:
                 return definition
@@ -99,6 +99,7 @@ def load_packet_set(folder: str | Path | None = None) -> PacketSet:
     -------
     PacketSet
         The definitions by APID.
+
     """
     folder = Path(folder or DEFAULT_DEFINITIONS)
     by_apid = {}
@@ -151,6 +152,7 @@ def frame_packets(data: bytes, packet_set: PacketSet) -> FramedFile:
     -------
     FramedFile
         The complete packets and, if the file is damaged, where and why.
+
     """
     framed = FramedFile()
     offset, size = 0, len(data)
@@ -227,6 +229,7 @@ def decode_packets(definition: PacketDefinition, raw_packets: list[bytes]) -> di
     -------
     dict
         Field name to array (payloads as arrays of uint8 arrays), plus ``timestamp`` (UTC).
+
     """
     if not raw_packets:
         return {}
@@ -264,6 +267,7 @@ def encode_packet(
     -------
     bytes
         The packet, primary header included.
+
     """
     body = bytearray()
     for name, data_type, bits in definition.fields:

@@ -1,0 +1,131 @@
+"""``punchpipe demo``: recent simulated telemetry and a calibration delivery, processed as the daemon would.
+
+The data end now, so the daemon (``punchpipe ui``) carries later data on automatically too; the
+demo's settings (image size, reduced trefoil, no settle time) are written to the home's
+``punchpipe.yaml`` unless one exists, so every later command on the home loads the same.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import yaml
+from sqlalchemy import func, select
+
+from punchpipe_assets.config import PipelineConfig
+from punchpipe_assets.resources.catalog import CatalogResource, ProductFile, Wait, utcnow
+
+#: Frame size of the demo: every level runs on two cores within about 15 minutes.
+DEMO_SIZE = 256
+DEMO_HOURS = 1.0
+
+
+def demo_settings(size: int) -> dict:
+    """Return the configuration fields the demo sets: frames of ``size`` pixels, a reduced trefoil below flight size."""
+    return {
+        "calibration_image_size": size,
+        "sensor": {"settle_seconds": 0},
+        "level2": {"trefoil_downsample": 1 if size >= 2048 else 8},
+    }
+
+
+def apply_demo_settings(config: PipelineConfig, size: int) -> PipelineConfig:
+    """Return the configuration with the demo's settings; write them to ``$PUNCHPIPE_HOME/punchpipe.yaml`` if absent."""
+    settings = demo_settings(size)
+    path = Path(config.home) / "punchpipe.yaml"
+    if not path.exists():
+        path.write_text(yaml.safe_dump(settings))
+    data = config.model_dump(mode="json")
+    for key, value in settings.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return PipelineConfig.model_validate(data)
+
+
+def prepare_demo(config: PipelineConfig, hours: float, size: int, seed: int, end: datetime | None = None) -> dict:
+    """Simulate ``hours`` of telemetry ending at ``end`` (default now) and a calibration delivery before it.
+
+    Returns
+    -------
+    dict
+        ``start``, ``end``, ``telemetry_files``, ``calibration_files``.
+
+    """
+    from punchpipe_assets.calibration.bootstrap import synthesize_delivery
+    from punchpipe_assets.simulate import simulate
+
+    end = (end or utcnow()).replace(microsecond=0)
+    start = end - timedelta(hours=hours)
+    config.make_dirs()
+    report = simulate(start, hours, Path(config.landing_dir), size=size, seed=seed)
+    delivered = synthesize_delivery(
+        Path(config.calibration_landing_dir), start - timedelta(days=1), size, config.level2.trefoil_downsample
+    )
+    return {"start": start, "end": end, "telemetry_files": len(report.files), "calibration_files": len(delivered)}
+
+
+def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list[str]:
+    """Report what is not made yet because data are missing, and how much more is needed."""
+    now = now or utcnow()
+    lines = []
+    with CatalogResource(url=config.catalog_url).session() as session:
+        for wait in session.scalars(select(Wait).order_by(Wait.asset_key, Wait.partition_key)):
+            lines.append(
+                f"{wait.asset_key} {wait.partition_key}: waits until {wait.until:%Y-%m-%dT%H:%M} "
+                f"for more inputs ({wait.reason})"
+            )
+        counts = dict(
+            session.execute(
+                select(ProductFile.file_type, func.count(ProductFile.id))
+                .where(
+                    ProductFile.level == "1", ProductFile.file_type.in_(("XR", "XM")), ProductFile.state == "created"
+                )
+                .group_by(ProductFile.file_type)
+            ).all()
+        )
+        pipeline_cfm = session.scalar(
+            select(func.count(ProductFile.id)).where(
+                ProductFile.level == "Q", ProductFile.file_type == "CF", ProductFile.state == "created"
+            )
+        )
+        pipeline_fcorona = session.scalar(
+            select(func.count(ProductFile.id)).where(
+                ProductFile.level == "3", ProductFile.file_type.in_(("PF", "CF")), ProductFile.state == "created"
+            )
+        )
+        pipeline_starfield = session.scalar(
+            select(func.count(ProductFile.id)).where(
+                ProductFile.level == "3", ProductFile.file_type.in_(("PS", "CS")), ProductFile.state == "created"
+            )
+        )
+    stray = config.stray_light
+    lines.append(
+        f"stray-light models (S?): built once a day at 12:00 from {stray.window_days:g} day of early frames; "
+        f"punchbowl needs {stray.min_frames} clear frames (and M/Z/P triplets) of {2048}x{2048} pixels spanning "
+        f"more than 6 h; there are {counts.get('XR', 0)} XR and {counts.get('XM', 0)} XM frames of "
+        f"{config.calibration_image_size} pixels: late and quick Level 1 use the bootstrap models"
+    )
+    if not pipeline_cfm:
+        spacing = config.levelq.model_spacing_hours
+        next_grid = now.replace(minute=0, second=0, microsecond=0)
+        next_grid += timedelta(hours=(-next_grid.hour) % spacing or spacing)
+        lines.append(
+            f"QuickPUNCH F-corona models (CFM): the first is built at {next_grid:%Y-%m-%d %H:%M} UTC from the CQM of "
+            f"the {config.levelq.model_window_hours:g} h before (at least {config.levelq.model_min_inputs}); until "
+            "then CTM use the bootstrap models"
+        )
+    fcorona = config.level3.fcorona
+    if not pipeline_fcorona:
+        lines.append(
+            f"Level 3 F-corona models (PF?/CF?): one every {fcorona.spacing_hours} h, each from the Level 2 layers of "
+            f"the {fcorona.half_window_hours:g} h before and after (at least {fcorona.min_inputs_per_half} a side); "
+            "refused until then, and PIM/CIM use the bootstrap models"
+        )
+    starfield = config.level3.starfield
+    if not pipeline_starfield:
+        lines.append(
+            f"Level 3 starfield models (PSM/CSM): one every {starfield.spacing_hours} h, each from the PIM/CIM of the "
+            f"{starfield.half_window_hours:g} h before and after (at least {starfield.min_inputs_per_half} a side); "
+            "refused until then, and PTM/CTM use the bootstrap models"
+        )
+    return lines

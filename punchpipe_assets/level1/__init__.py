@@ -1,0 +1,1 @@
+"""Level 1: early calibration, stray-light models, late and quick products."""

@@ -1,0 +1,1 @@
+"""Level Q (QuickPUNCH): near-real-time mosaics for space-weather forecasters, CQM, CFM, CTM and QAM."""
