@@ -12,7 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-os.environ.setdefault("PREFECT_HOME", "/tmp/punchpipe-prefect-home")
+# One Prefect home per test worker (pytest-xdist): punchbowl's flows keep their runs in its database.
+os.environ.setdefault("PREFECT_HOME", f"/tmp/punchpipe-prefect-home-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from punchpipe_assets.config import PipelineConfig, immediate_config  # noqa: E402
@@ -56,7 +57,7 @@ def backend(request) -> str:
 
 @pytest.fixture
 def catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty catalog database on the backend."""
+    """Provide a fresh, empty catalog database on the backend."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
         return
@@ -69,19 +70,19 @@ def catalog_url(backend: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def config(tmp_path: Path, catalog_url: str) -> PipelineConfig:
-    """A configuration whose home is a temporary folder; no replay wait, no settle time."""
+    """Provide a configuration whose home is a temporary folder; no replay wait, no settle time."""
     return immediate_config(tmp_path / "home", catalog_url)
 
 
 @pytest.fixture
 def catalog(config: PipelineConfig) -> CatalogResource:
-    """The catalog resource of the test configuration."""
+    """Provide the catalog resource of the test configuration."""
     return CatalogResource(url=config.catalog_url)
 
 
 @pytest.fixture
 def instance(backend: str, tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    """A real Dagster instance: SQLite storage, or PostgreSQL storage in a fresh database."""
+    """Provide a real Dagster instance: SQLite storage, or PostgreSQL storage in a fresh database."""
     (tmp_path / "dagster").mkdir()
     if backend == "sqlite":
         with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
@@ -89,7 +90,9 @@ def instance(backend: str, tmp_path: Path) -> Iterator[dg.DagsterInstance]:
         return
     url = create_postgres_database()
     try:
-        overrides = {"storage": {"postgres": {"postgres_url": url}}}
+        # The production storage class (``dagster.yaml``): dagster_postgres, patient with outages.
+        patient = {"module": "punchpipe_assets.resources.patient_storage", "class": "PatientPostgresStorage"}
+        overrides = {"storage": {"custom": {**patient, "config": {"postgres_url": url}}}}
         with dg.instance_for_test(temp_dir=str(tmp_path / "dagster"), overrides=overrides) as instance:
             yield instance
     finally:

@@ -42,11 +42,14 @@ def test_pool_limits_reach_the_instance_and_heavy_steps_use_them(config, instanc
     from punchpipe_assets.cli import apply_pool_limits
     from punchpipe_assets.definitions import build_definitions
 
-    config.pools.punchbowl_large_memory = 1
-    assert apply_pool_limits(instance, config) == {"punchbowl": 3, "punchbowl_large_memory": 1}
-    assert instance.event_log_storage.get_concurrency_info("punchbowl_large_memory").slot_count == 1
-    assert instance.event_log_storage.get_concurrency_info("punchbowl").slot_count == 3
+    defaults = {"punchbowl": config.pools.punchbowl, "punchbowl_large_memory": config.pools.punchbowl_large_memory}
+    assert apply_pool_limits(instance, config) == defaults
+    config.pools.punchbowl, config.pools.punchbowl_large_memory = 5, 2  # neither is a default
+    assert apply_pool_limits(instance, config) == {"punchbowl": 5, "punchbowl_large_memory": 2}
+    assert instance.event_log_storage.get_concurrency_info("punchbowl_large_memory").slot_count == 2
+    assert instance.event_log_storage.get_concurrency_info("punchbowl").slot_count == 5
     graph = build_definitions(config).resolve_asset_graph()
     pools = {key.to_user_string(): graph.get(key).pools for key in graph.materializable_asset_keys}
     assert pools["level0_wfi1"] == {"punchbowl"} and pools["level1_early_nfi4"] == {"punchbowl"}
+    assert pools["level1_nfi_stray_light_nfi4"] == {"punchbowl"}  # 1.8 GB at flight size, measured
     assert pools["level1_late_wfi1"] == pools["level1_stray_light_wfi3"] == {"punchbowl_large_memory"}

@@ -8,12 +8,12 @@ must leave every product untouched (incremental formation).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +30,7 @@ import yaml
 from punchpipe_assets.cameras import CAMERAS
 from punchpipe_assets.simulate import simulate
 from punchpipe_tests.conftest import SIMULATION_START, create_postgres_database, drop_postgres_database
+from punchpipe_tests.network import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,7 @@ BACKFILL_TAG = "dagster/backfill"
 SIZE = 128
 STARTUP_TIMEOUT = 120.0
 SENSOR_RUNS_TIMEOUT = 360.0
-BACKFILL_TIMEOUT = 300.0
+BACKFILL_TIMEOUT = 600.0
 POLL_SECONDS = 2.0
 SENSOR_INTERVAL = 5
 FINISHED_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -84,7 +85,7 @@ RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
   runsOrError(filter: $filter) {
     __typename
-    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on Runs { results { runId status jobName tags { key value } assetSelection { path } } }
     ... on PythonError { message }
   }
 }
@@ -139,13 +140,6 @@ query Backfill($backfillId: String!) {
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """Return a TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class GraphQL:
     """A minimal client of the webserver's GraphQL endpoint."""
 
@@ -189,7 +183,12 @@ def dagster_process(name: str, args: list[str], env: dict[str, str], log_dir: Pa
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     process.log_path = log_path  # type: ignore[attr-defined]
@@ -321,11 +320,15 @@ def installation(tmp_path: Path, databases: tuple[str, str]) -> dict[str, Any]:
     home = tmp_path / "punchpipe_home"
     home.mkdir()
     config_path = tmp_path / "punchpipe.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "catalog_url": catalog_url,
-        "sensor": {"settle_seconds": 1, "interval_seconds": SENSOR_INTERVAL},
-        "level0": {"replay_wait_hours": 0},
-    }))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "catalog_url": catalog_url,
+                "sensor": {"settle_seconds": 1, "interval_seconds": SENSOR_INTERVAL},
+                "level0": {"replay_wait_hours": 0},
+            }
+        )
+    )
     (tmp_path / "prefect").mkdir()
     (tmp_path / "logs").mkdir()
     env = {
@@ -343,12 +346,7 @@ def installation(tmp_path: Path, databases: tuple[str, str]) -> dict[str, Any]:
 
 def initialize_storage(env: dict[str, str]) -> None:
     """Create the Dagster schema once, so that daemon and webserver do not race to create it."""
-    code = (
-        "import dagster as dg\n"
-        "instance = dg.DagsterInstance.get()\n"
-        "instance.get_runs(limit=1)\n"
-        "instance.dispose()\n"
-    )
+    code = "import dagster as dg\ninstance = dg.DagsterInstance.get()\ninstance.get_runs(limit=1)\ninstance.dispose()\n"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=120)
 
 
@@ -368,7 +366,8 @@ def running_dagster(env: dict[str, str], log_dir: Path) -> Iterator[tuple[GraphQ
             dagster_process(
                 "webserver",
                 [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(port)],
-                env, log_dir,
+                env,
+                log_dir,
             ) as webserver,
         ):
             alive = ensure_alive(daemon, webserver)
@@ -390,7 +389,7 @@ def test_landing_to_level0_through_daemon_and_webserver(installation):
         telemetry = {path.name for path in report.files}
         land(report.files, home / "landing")
 
-        first = check_sensor_runs(gql, alive, telemetry)
+        first = check_sensor_runs(gql, alive, telemetry, home / "archive")
         print(f"sensor runs done after {time.monotonic() - started:.1f} s")
         check_backfill_is_incremental(gql, alive, first)
         print(f"backfill done after {time.monotonic() - started:.1f} s")
@@ -420,12 +419,15 @@ def sensor_runs(gql: GraphQL) -> list[dict]:
     return [{**r, "tags": {t["key"]: t["value"] for t in r["tags"]}} for r in result["results"]]
 
 
-def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[str]) -> dict[str, list[dict]]:
+def check_sensor_runs(
+    gql: GraphQL, alive: Callable[[], None], telemetry: set[str], archive: Path
+) -> dict[str, list[dict]]:
     """Wait for Level 0 of every camera, launched by the sensor; check metadata, outputs and runs.
 
     Waits until every camera has a materialization of the partition and the sensor's runs have all
-    finished, with no new run requested for longer than a sensor interval. Returns the
-    materializations of the partition per asset (newest first).
+    finished, with no new run requested for longer than a sensor interval; each output's checksum
+    is compared with its bytes in ``archive``. Returns the materializations of the partition per
+    asset (newest first).
     """
     level0_assets = [f"level0_{camera.slug}" for camera in CAMERAS]
     quiet_since: dict[str, Any] = {}
@@ -468,7 +470,8 @@ def check_sensor_runs(gql: GraphQL, alive: Callable[[], None], telemetry: set[st
             assert len(outputs) == value["frames_made"] + value["frames_unchanged"], (asset, value)
             for output in outputs:
                 assert SHA256.match(output["sha256"]), output
-                assert Path(output["path"]).is_file(), output
+                on_disk = archive / output["path"]
+                assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == output["sha256"], output
                 assert Path(output["path"]).name.startswith(f"PUNCH_L0_{output['product']}{camera.obs}_"), output
         for run_id in {m["runId"] for m in events}:
             info = run(gql, run_id)
@@ -518,7 +521,7 @@ def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], befor
 
 LEVEL1_CAMERA = CAMERAS[1]  # wfi2
 LEVEL1_ASSET = f"level1_early_{LEVEL1_CAMERA.slug}"
-LEVEL1_TIMEOUT = 420.0
+LEVEL1_TIMEOUT = 900.0  # two heavy tests share the two cores (pytest-xdist)
 
 STALE_QUERY = """
 query Stale($assetKey: AssetKeyInput!, $partitions: [String!]) {
@@ -532,7 +535,7 @@ query Stale($assetKey: AssetKeyInput!, $partitions: [String!]) {
 
 @pytest.fixture
 def level1_installation(installation: dict[str, Any]) -> dict[str, Any]:
-    """The installation with small calibration files, quick automation and a 48-hour replay wait."""
+    """Provide the installation with small calibration files, quick automation and a 48-hour replay wait."""
     config_path = Path(installation["env"]["PUNCHPIPE_CONFIG"])
     settings = yaml.safe_load(config_path.read_text())
     settings.update(
@@ -570,20 +573,31 @@ def stale_status(gql: GraphQL, asset: str, partitions: list[str]) -> dict[str, s
     return dict(zip(partitions, node["staleStatusByPartition"], strict=True))
 
 
+@pytest.mark.timeout(2700)
 def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_partition(level1_installation):
-    """A replay for a day-old hour flows through Level 0 into Level 1 without a human; a new vignetting
-    version makes exactly the partition it changes stale, and a GraphQL backfill of it remakes only its frames."""
+    """Check that a replay for a day-old hour flows through Level 0 into Level 1 without a human.
+
+    A new vignetting version makes exactly the partition it changes stale, and a GraphQL backfill of
+    it remakes only its frames.
+    """
     from datetime import UTC, datetime, timedelta
 
-    from punchpipe_assets.calibration import synthesize_calibration
+    from punchpipe_assets.calibration.synthesize import synthesize_calibration
 
     installation = level1_installation
     env, home, log_dir, tmp = installation["env"], installation["home"], installation["logs"], installation["tmp"]
     hour = (datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=26)).replace(minute=0, second=0, microsecond=0)
     partitions = [f"{hour:%Y-%m-%d-%H:%M}", f"{hour + timedelta(hours=1):%Y-%m-%d-%H:%M}"]
     report = simulate(
-        hour + timedelta(minutes=44), 0.4, tmp / "sim", size=SIZE, seed=3, cameras=[LEVEL1_CAMERA],
-        gap_fraction=0.2, replay=True, packet_payload_bytes=1024,
+        hour + timedelta(minutes=44),
+        0.4,
+        tmp / "sim",
+        size=SIZE,
+        seed=3,
+        cameras=[LEVEL1_CAMERA],
+        gap_fraction=0.2,
+        replay=True,
+        packet_payload_bytes=1024,
     )
     regular = [p for p in report.files if not p.name.endswith("_replay.tlm")]
     replays = [p for p in report.files if p.name.endswith("_replay.tlm")]
@@ -593,7 +607,10 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
     with running_dagster(env, log_dir) as (gql, alive):
         # Calibration first (dated three days earlier), installed by the calibration sensor.
         synthesize_calibration(
-            home / "calibration-landing", hour - timedelta(days=3), file_version="1", size=SIZE,
+            home / "calibration-landing",
+            hour - timedelta(days=3),
+            file_version="1",
+            size=SIZE,
             cameras=[LEVEL1_CAMERA],
         )
         landing = home / "calibration-landing"
@@ -601,12 +618,13 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
 
         # Regular downlinks with lost packets: the incomplete images wait for their replay.
         land(regular, home / "landing")
-        first = wait_for(
+        wait_for(
             "early Level 1 of both hours from the regular downlinks",
             lambda: all(materializations(gql, LEVEL1_ASSET, p) for p in partitions) and catalog_level1(env),
-            LEVEL1_TIMEOUT, alive,
+            LEVEL1_TIMEOUT,
+            alive,
         )
-        assert first
+        runs_before_replay = {m["runId"] for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)}
         made_before_replay = set(catalog_level1(env))
         assert 0 < len(made_before_replay) < len(science), (len(made_before_replay), len(science))
 
@@ -615,60 +633,94 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
         wait_for(
             "early Level 1 of every replayed image",
             lambda: len(catalog_level1(env)) == len(science),
-            LEVEL1_TIMEOUT, alive,
+            LEVEL1_TIMEOUT,
+            alive,
         )
         products = catalog_level1(env)
         assert set(products) >= made_before_replay
         assert {p.partition_key for p in products.values()} == set(partitions)
         level1_runs = {m["runId"] for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)}
-        assert len(level1_runs) >= 2  # before and after the replay
+        assert level1_runs - runs_before_replay, level1_runs  # the replay's frames: made by later runs
         for run_id in level1_runs:  # launched by the daemon's automation, never by a person
             tags = run(gql, run_id)["tags"]
             assert tags.get("dagster/priority") == "5", tags
-        wait_for("no Level 1 run in progress", lambda: not runs_in_progress(gql), 120, alive)
+        # Automation carries the frames on down the chain (late and quick Level 1, Level 2, Q, 3);
+        # what matters here is that no Level 0 or early Level 1 run is still making this camera's frames.
+        wait_for("no Level 0 or Level 1 run in progress", lambda: not level1_runs_in_progress(gql), 300, alive)
         assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
 
         # A new vignetting version (GM v2) dated at the start of the second hour.
-        before = {name: (p.sha256, Path(p.path).stat().st_mtime_ns) for name, p in products.items()}
+        before = {name: (p.sha256, (home / "archive" / p.path).stat().st_mtime_ns) for name, p in products.items()}
         later_xm = {n for n, p in products.items() if p.file_type == "XM" and p.partition_key == partitions[1]}
         assert later_xm
         staging = tmp / "calibration-v2"
-        for path in synthesize_calibration(staging, hour + timedelta(hours=1), file_version="2", size=SIZE,
-                                           cameras=[LEVEL1_CAMERA], kinds=["vignetting"]):
+        for path in synthesize_calibration(
+            staging,
+            hour + timedelta(hours=1),
+            file_version="2",
+            size=SIZE,
+            cameras=[LEVEL1_CAMERA],
+            kinds=["vignetting"],
+        ):
             if path.name.startswith("PUNCH_L1_GM"):
                 shutil.move(path, home / "calibration-landing" / path.name)
         expected = {partitions[0]: "FRESH", partitions[1]: "STALE"}
-        wait_for("the second hour to become stale", lambda: stale_status(gql, LEVEL1_ASSET, partitions) == expected,
-                 120, alive)
-        time.sleep(2 * SENSOR_INTERVAL)  # automation ignores calibration: still stale, nothing ran
+        wait_for(
+            "the second hour to become stale",
+            lambda: stale_status(gql, LEVEL1_ASSET, partitions) == expected,
+            120,
+            alive,
+        )
+        made_before = {m["runId"] for m in materializations(gql, LEVEL1_ASSET, partitions[1])}
+        time.sleep(2 * SENSOR_INTERVAL)  # automation ignores calibration: still stale, nothing ran for it
         assert stale_status(gql, LEVEL1_ASSET, partitions) == expected
-        assert not runs_in_progress(gql)
+        assert not level1_runs_in_progress(gql)
+        assert {m["runId"] for m in materializations(gql, LEVEL1_ASSET, partitions[1])} == made_before
 
-        backfill = launch_backfill_and_wait(gql, alive, [LEVEL1_ASSET], [partitions[1]])
-        new = [m for m in materializations(gql, LEVEL1_ASSET, partitions[1])
-               if m["runId"] in {r["runId"] for r in backfill["runs"]}]
+        # An operator's reprocessing marked urgent in the backfill dialog's tags: without the tag it
+        # runs behind the automation runs still carrying the chain on (backfills have priority 0).
+        backfill = launch_backfill_and_wait(
+            gql, alive, [LEVEL1_ASSET], [partitions[1]], tags={"dagster/priority": "10"}
+        )
+        new = [
+            m
+            for m in materializations(gql, LEVEL1_ASSET, partitions[1])
+            if m["runId"] in {r["runId"] for r in backfill["runs"]}
+        ]
         assert len(new) == 1, new
         value = metadata(new[0])
         assert value["frames_made"] == len(later_xm) and value["frames_failed"] == 0, value
         after = catalog_level1(env)
-        rewritten = {n for n, p in after.items() if Path(p.path).stat().st_mtime_ns != before[n][1]}
+        rewritten = {n for n, p in after.items() if (home / "archive" / p.path).stat().st_mtime_ns != before[n][1]}
         assert rewritten == later_xm
         assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
 
 
 def runs_in_progress(gql: GraphQL) -> list[dict]:
-    """Runs queued or running."""
+    """List the runs queued or running."""
     result = gql(RUNS_QUERY, filter={"statuses": ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]})["runsOrError"]
     assert result["__typename"] == "Runs", result
     return result["results"]
 
 
-def launch_backfill_and_wait(gql: GraphQL, alive: Callable[[], None], assets: list[str], partitions: list[str]) -> dict:
-    """Launch a backfill as the UI does and wait until it completes successfully."""
-    launched = gql(
-        LAUNCH_BACKFILL_MUTATION,
-        backfillParams={"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]},
-    )["launchPartitionBackfill"]
+def level1_runs_in_progress(gql: GraphQL) -> list[dict]:
+    """List the queued or running runs that make Level 0 or early Level 1 of the test's camera."""
+    making = {f"level0_{LEVEL1_CAMERA.slug}", LEVEL1_ASSET}
+    return [r for r in runs_in_progress(gql) if making & {"/".join(a["path"]) for a in r["assetSelection"] or []}]
+
+
+def launch_backfill_and_wait(
+    gql: GraphQL,
+    alive: Callable[[], None],
+    assets: list[str],
+    partitions: list[str],
+    tags: dict[str, str] | None = None,
+) -> dict:
+    """Launch a backfill as the UI does (with the dialog's tags) and wait until it completes successfully."""
+    params: dict = {"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]}
+    if tags:
+        params["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+    launched = gql(LAUNCH_BACKFILL_MUTATION, backfillParams=params)["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["backfillId"]
     terminal = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}

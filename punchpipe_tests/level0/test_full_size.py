@@ -9,12 +9,12 @@ from astropy.io import fits
 from sqlalchemy import select
 
 from punchpipe_assets.cli import run_process
-from punchpipe_assets.formation import CLEARING_OFFSET
+from punchpipe_assets.level0.metadata import CLEARING_OFFSET
 from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile
 from punchpipe_assets.simulate import simulate
 from punchpipe_assets.telemetry import decode_packets, load_packet_set
-from punchpipe_tests.assets.test_level0 import land
 from punchpipe_tests.conftest import SIMULATION_START
+from punchpipe_tests.level0.test_assets import land
 
 pytestmark = pytest.mark.science
 
@@ -44,12 +44,12 @@ def test_full_size_level0_matches_punchbowl_decoding(config, catalog, instance, 
             ).all()
             raws = []
             for packet in packets:
-                with open(packet.telemetry_file.path, "rb") as handle:
+                with open(config.landing_dir / packet.telemetry_file.path, "rb") as handle:
                     handle.seek(packet.byte_offset)
                     raws.append(handle.read(packet.length))
             payload = np.concatenate(decode_packets(image_definition, raws)["SCI_XFI_IMG_DATA"])
             expected = decode_image_packets(payload, {"JPEG": 1, "CMP_BYP": 0})
-            with fits.open(product.path) as hdul:
+            with fits.open(config.archive_dir / product.path) as hdul:
                 header, data = hdul[1].header, hdul[1].data
                 np.testing.assert_array_equal(data, expected)
                 assert data.shape == (2048, 2048)

@@ -10,21 +10,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from punchpipe_assets.calibration import (
+from punchpipe_assets.calibration.kinds import (
     CALIBRATION_KINDS,
-    CalibrationCandidate,
     CalibrationError,
     calibration_codes_for,
-    early_flow_arguments,
     parse_calibration_name,
-    select_calibration,
-    synthesize_calibration,
-    validate_calibration_file,
     version_key,
 )
+from punchpipe_assets.calibration.select import CalibrationCandidate, early_flow_arguments, select_calibration
+from punchpipe_assets.calibration.synthesize import synthesize_calibration
+from punchpipe_assets.calibration.validate import validate_calibration_file
 from punchpipe_assets.cameras import CAMERA_BY_OBS
-from punchpipe_tests.assets.test_level0 import land
 from punchpipe_tests.conftest import SIMULATION_START
+from punchpipe_tests.level0.test_assets import land
 
 T = datetime(2025, 8, 1, 12, 0, 0)
 
@@ -39,7 +37,10 @@ def candidate(code: str, obs: str, when: datetime, version: str = "1") -> Calibr
 
 def test_parse_calibration_name_round_trips_and_rejects_what_is_not_a_calibration():
     assert parse_calibration_name("/a/PUNCH_L1_GM4_20250801110000_v0j.fits") == (
-        "GM", "4", datetime(2025, 8, 1, 11), "0j"
+        "GM",
+        "4",
+        datetime(2025, 8, 1, 11),
+        "0j",
     )
     assert parse_calibration_name("PUNCH_L1_MS2_20250801110000_v12.bin")[3] == "12"
     assert CalibrationCandidate.from_path("PUNCH_L1_RC3_20250801110000_v2.fits").code == "RC"
@@ -57,7 +58,11 @@ def test_parse_calibration_name_round_trips_and_rejects_what_is_not_a_calibratio
 
 def test_kinds_follow_punchbowl_codes_and_cameras():
     assert calibration_codes_for("CR", "1") == {
-        "quartic": "FR", "vignetting": "GR", "psf": "RC", "mask": "MS", "distortion": "DS"
+        "quartic": "FR",
+        "vignetting": "GR",
+        "psf": "RC",
+        "mask": "MS",
+        "distortion": "DS",
     }
     assert calibration_codes_for("PZ", "4") == {"quartic": "FZ", "vignetting": "GZ", "mask": "MS", "distortion": "DS"}
     vignetting = CALIBRATION_KINDS["vignetting"]
@@ -246,3 +251,24 @@ def test_full_size_calibration_runs_through_level1_early_core_flow(config, insta
         if camera.instrument == "WFI":
             assert cube.meta["CALPSF"].value == Path(arguments["psf_model_path"]).name
             assert "PSF corrected with" in history
+
+
+def test_alphas_files_are_validated_as_punchbowl_reads_them(tmp_path):
+    from punchpipe_assets.calibration.bootstrap import synthesize_alphas
+    from punchpipe_assets.calibration.kinds import CalibrationError
+    from punchpipe_assets.calibration.validate import validate_alphas_file, validate_calibration_file
+
+    good = synthesize_alphas(tmp_path, datetime(2025, 7, 1))
+    assert good.name == "PUNCH_L2_ALM_20250701000000_v1.csv"
+    validate_calibration_file(good, "M", "AL", level="2")
+    assert validate_alphas_file(good)["CR3"] == 1.0
+    bad = good.with_name("PUNCH_L2_ALM_20250701000000_v2.csv")
+    for text, reason in (
+        ("Prod Code,Alpha\nCR1,0\n", "images are divided by it"),
+        ("Prod Code,Alpha\nXX9,1.0\n", "not a camera product code"),
+        ("Prod Code,Alpha\nCR1,abc\n", "not a number"),
+        ("Prod Code,Alpha\n", "expected rows"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(CalibrationError, match=reason):
+            validate_alphas_file(bad)

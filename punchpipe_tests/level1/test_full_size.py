@@ -15,17 +15,17 @@ import pytest
 from astropy.io import fits
 from sqlalchemy import select
 
-from punchpipe_assets.assets.level1 import level1_early_key
-from punchpipe_assets.calibration import synthesize_calibration
+from punchpipe_assets.calibration.synthesize import synthesize_calibration
 from punchpipe_assets.cameras import CAMERA_BY_OBS
 from punchpipe_assets.cli import run_process
 from punchpipe_assets.definitions import build_definitions
+from punchpipe_assets.level1.assets import level1_early_key
 from punchpipe_assets.resources import ArchiveResource
 from punchpipe_assets.resources.catalog import FileRelationship, ProductFile
 from punchpipe_assets.sensors.calibration import scan_calibration_landing
 from punchpipe_assets.simulate import simulate
-from punchpipe_tests.assets.test_level0 import land
 from punchpipe_tests.conftest import SIMULATION_START
+from punchpipe_tests.level0.test_assets import land
 
 pytestmark = pytest.mark.science
 
@@ -72,7 +72,7 @@ def _comparable_header(header: fits.Header) -> tuple[dict, list[str]]:
 
 
 def _calibration_by_name(archive_root: Path, polarization: str) -> dict[str, str]:
-    """The delivered files a WFI image of a polarization needs, found by product code in their names."""
+    """Find the delivered files a WFI image of a polarization needs, by product code in their names."""
     wanted = {
         "quartic_coefficient_path": f"F{polarization}",
         "vignetting_function_path": f"G{polarization}",
@@ -143,7 +143,7 @@ def test_full_size_level1_early_matches_punchbowl_flow(config, catalog, instance
     assert sorted(p.file_type for p in products) == ["XM", "XZ"]
 
     for product in products:
-        pipeline_file = Path(product.path)
+        pipeline_file = archive_root / product.path
         polarization = product.file_type[1]
         frame = (f"P{polarization}{CAMERA.obs}", _parse(pipeline_file)[1])  # named by DATE-OBS, as Level 0
         [level0] = [p for p in level0_files if _parse(p) == frame]

@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import yaml
-from click.testing import CliRunner
 from astropy.io import fits
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from punchpipe_assets.cameras import CAMERA_BY_SPACECRAFT_ID
 from punchpipe_assets.cli import catalog_status, main, run_process
 from punchpipe_assets.lineage import find_product, lineage_tree
+from punchpipe_assets.resources.archive import sha256_of
 from punchpipe_assets.resources.catalog import FilePacket, Packet, ProductFile, TelemetryFile
+from punchpipe_assets.sensors.landing import scan_landing
 from punchpipe_assets.simulate import simulate
+from punchpipe_assets.telemetry.ingest import hour_of
 from punchpipe_tests.conftest import SIMULATION_START
 
 SIZE = 128
@@ -63,13 +68,16 @@ def test_telemetry_becomes_level0_with_lineage(config, catalog, instance, tmp_pa
     assert {role for role, _ in lineage} == {"image", "filter_wheel", "attitude"}
     assert {name for _, name in lineage} == {"PUNCH_TLM_2_20250801120000.tlm"}
 
-    with fits.open(product.path) as hdul:
+    with fits.open(config.archive_dir / product.path) as hdul:
         header = hdul[1].header
         assert header["LEVEL"] == "0" and str(header["OBSCODE"]) == "2"
         assert header["TYPECODE"] == product.file_type
         assert hdul[1].data.shape == (SIZE, SIZE) and hdul[1].data.max() <= 1023
         header_packets = header["NUM_PCKT"]
-        assert Path(product.path).name == f"PUNCH_L0_{product.file_type}2_{product.date_obs:%Y%m%d%H%M%S}_v1.fits"
+    for made in products:  # archive/0/{code}{obs}/YYYY/MM/DD/PUNCH_L0_{code}{obs}_{time}_v1.fits
+        code = f"{made.file_type}{made.observatory}"
+        name = f"PUNCH_L0_{code}_{made.date_obs:%Y%m%d%H%M%S}_v1.fits"
+        assert made.path == f"0/{code}/{made.date_obs:%Y/%m/%d}/{name}", made.path
 
     with catalog.session() as session:
         tree = lineage_tree(session, find_product(session, Path(product.path).name))
@@ -90,7 +98,8 @@ def test_telemetry_becomes_level0_with_lineage(config, catalog, instance, tmp_pa
     assert metadata["frames_made"].value == sum(n for code, n in expected.items() if code.endswith("2"))
     outputs = metadata["outputs"].value
     assert {o["path"] for o in outputs} == {p.path for p in products if p.observatory == "2"}
-    assert all(len(o["sha256"]) == 64 for o in outputs)
+    for output in outputs:  # the checksum of the bytes on disk
+        assert sha256_of(config.archive_dir / output["path"]) == output["sha256"], output
     assert metadata["input_telemetry_files"].value == ["PUNCH_TLM_2_20250801120000.tlm"]
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("level0_wfi2"), "image_quality")]
@@ -120,10 +129,37 @@ def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog,
     with catalog.session() as session:
         waiting = session.scalars(select(Packet).where(Packet.kind == "image", Packet.state == "pending")).all()
         assert waiting and all(p.reason.startswith("waiting for replay") for p in waiting)
+        waiting_hours = {(CAMERA_BY_SPACECRAFT_ID[p.spacecraft_id].obs, hour_of(p.timestamp)) for p in waiting}
         made_before = {
-            p.path: (p.sha256, Path(p.path).stat().st_mtime_ns) for p in session.scalars(select(ProductFile))
+            p.path: (p.sha256, (config.archive_dir / p.path).stat().st_mtime_ns)
+            for p in session.scalars(select(ProductFile))
         }
-    assert len(made_before) < len(report.images)
+    assert 0 < len(made_before) < len(report.images)
+
+    # While the replay wait lasts, nothing is requested again; once it is over (the downlinks
+    # registered longer ago than the wait), the sensor requests the waiting images' hours again.
+    assert scan_landing(catalog, config).requests == []
+    day = timedelta(hours=25)
+    with catalog.session() as session:  # a day passes: registration and Level 0's attempt are older than the wait
+        rows = [*session.scalars(select(TelemetryFile)), *session.scalars(select(Packet))]
+        for row in rows:
+            if isinstance(row, TelemetryFile):
+                row.registered_at -= day
+            elif row.last_attempt is not None:
+                row.last_attempt -= day
+    requested = {
+        (obs, request.first_hour + timedelta(hours=n))
+        for request in scan_landing(catalog, config).requests
+        for n in range(int((request.last_hour - request.first_hour) / timedelta(hours=1)) + 1)
+        for obs in request.observatories
+    }
+    assert requested == waiting_hours
+    with catalog.session() as session:  # the wait as it was, for the replay
+        for row in [*session.scalars(select(TelemetryFile)), *session.scalars(select(Packet))]:
+            if isinstance(row, TelemetryFile):
+                row.registered_at += day
+            elif row.last_attempt is not None:
+                row.last_attempt += day
 
     land(replays, config)
     run_process(config, instance, show_progress=False)
@@ -137,9 +173,10 @@ def test_replay_fills_gaps_and_leaves_complete_images_untouched(config, catalog,
     assert len(products) == len(report.images)
     assert states[("used", "")] > 0 and ("pending", "waiting") not in states
     assert states[("skipped", "duplicate:")] == report.replayed_duplicates
-    for product in products:
-        if product.path in made_before:  # complete before the replay: not rewritten
-            assert Path(product.path).stat().st_mtime_ns == made_before[product.path][1]
+    assert set(made_before) <= {product.path for product in products}
+    for path, (sha256, mtime_ns) in made_before.items():  # complete before the replay: not rewritten
+        assert (config.archive_dir / path).stat().st_mtime_ns == mtime_ns, path
+        assert sha256_of(config.archive_dir / path) == sha256, path
     statuses = {m.metadata["frames_unchanged"].value for m in level0_materializations(instance, "wfi1", PARTITION)}
     assert max(statuses) > 0
 
@@ -167,3 +204,28 @@ def test_missing_packets_after_wait_are_flagged_not_lost(config, catalog, instan
     executions = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])
     evaluation = executions[check_key].event.dagster_event.event_specific_data
     assert not evaluation.passed and evaluation.metadata["not_formed_count"].value > 0
+
+
+def test_level0_remade_with_nothing_changed_keeps_its_data_version(config, catalog, instance, tmp_path):
+    """Re-materialize Level 0 with unchanged telemetry: same data version, so nothing downstream is stale.
+
+    Dagster gives every partition of a run the run's one data version (tags are per step, not per
+    partition), so the re-run covers the same partitions as the sensor's run did.
+    """
+    from punchpipe_tests.chain import materialize
+
+    report = simulate(SIMULATION_START, 0.1, tmp_path / "sim", size=SIZE, seed=3)
+    land(report.files, config)
+    assert run_process(config, instance, show_progress=False)["failed_runs"] == 0
+    key = dg.AssetKey("level0_wfi1")
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100).records
+    first = {r.asset_materialization.partition: r.asset_materialization for r in records}
+    assert first[PARTITION].metadata["frames_made"].value > 0
+    assert materialize(config, instance, [key], sorted(first)).success
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100).records
+    second = {r.asset_materialization.partition: r.asset_materialization for r in records[: len(first)]}
+    assert set(second) == set(first)
+    assert second[PARTITION].metadata["frames_made"].value == 0
+    assert second[PARTITION].metadata["frames_unchanged"].value > 0
+    for partition, materialization in second.items():
+        assert materialization.tags["dagster/data_version"] == first[partition].tags["dagster/data_version"]

@@ -9,19 +9,15 @@ import dagster as dg
 import pytest
 from sqlalchemy import select
 
-from punchpipe_assets.assets.level1 import level1_early_key
-from punchpipe_assets.assets.level1_late import level1_late_key, level1_quick_key, level1_stray_light_key
-from punchpipe_assets.calibration import CalibrationCandidate, synthesize_stray_light_models
+from punchpipe_assets.calibration.bootstrap import synthesize_stray_light_models
+from punchpipe_assets.calibration.select import CalibrationCandidate, select_latest_two
 from punchpipe_assets.definitions import build_definitions
-from punchpipe_assets.level1_late import (
-    late_code,
-    model_reference_time,
-    model_window,
-    register_stray_light_file,
-    select_quick_stray_light,
-)
+from punchpipe_assets.level1.assets import level1_early_key, level1_late_key, level1_quick_key, level1_stray_light_key
+from punchpipe_assets.level1.late import late_code
+from punchpipe_assets.level1.stray_light import model_reference_time, model_window, register_stray_light_file
+from punchpipe_assets.resources.archive import ArchiveResource
 from punchpipe_assets.resources.catalog import FileRelationship, ProductFile
-from punchpipe_tests.assets.test_level1 import CAMERA, SIZE, deliver, level0_of
+from punchpipe_tests.level1.test_early import CAMERA, SIZE, deliver, level0_of
 
 START = datetime(2025, 8, 1, 11, 54)  # 12 minutes across 12:00, the model time of 2025-08-01
 PARTITIONS = ("2025-08-01-11:00", "2025-08-01-12:00")
@@ -44,7 +40,7 @@ def synthesize_early_frames(
     from punchbowl.data.punchcube import PUNCHCube
     from scipy.ndimage import zoom
 
-    from punchpipe_assets.calibration import _camera_wcs
+    from punchpipe_assets.calibration.synthesize import _camera_wcs
     from punchpipe_assets.resources import ArchiveResource
 
     archive, rng = ArchiveResource(root=str(archive_root)), np.random.default_rng(seed)
@@ -88,7 +84,7 @@ def add_models(config, catalog, offsets: list[int], level: float = 1e-13) -> Non
         paths = synthesize_stray_light_models(Path(config.archive_dir), CAMERA, when, size=SIZE, level=level)
         with catalog.session() as session:
             for path in paths:
-                register_stray_light_file(session, path)
+                register_stray_light_file(session, ArchiveResource(root=str(config.archive_dir)), path)
 
 
 def products(catalog, codes) -> dict[str, ProductFile]:
@@ -116,8 +112,8 @@ def metadata(instance, key: dg.AssetKey, partition: str) -> dict:
     return {name: value.value for name, value in record.asset_materialization.metadata.items()}
 
 
-def mtimes(found: dict[str, ProductFile]) -> dict[str, int]:
-    return {name: Path(p.path).stat().st_mtime_ns for name, p in found.items()}
+def mtimes(found: dict[str, ProductFile], archive_dir: Path) -> dict[str, int]:
+    return {name: (archive_dir / p.path).stat().st_mtime_ns for name, p in found.items()}
 
 
 def test_late_and_quick_level1_select_models_record_lineage_and_remake_only_what_changed(
@@ -165,14 +161,14 @@ def test_late_and_quick_level1_select_models_record_lineage_and_remake_only_what
     assert all(o["sha256"] and o["status"] == "unchanged" for o in second["outputs"])
 
     # Nothing changed: nothing remade.
-    before = mtimes(made)
+    before = mtimes(made, config.archive_dir)
     materialize(config, instance, level1_late_key(CAMERA))
-    assert mtimes(products(catalog, late_codes)) == before
+    assert mtimes(products(catalog, late_codes), config.archive_dir) == before
 
     # The 08-02 models are remade (new content): exactly the frames they bracket are remade.
     add_models(config, catalog, [1], level=2e-13)
     materialize(config, instance, level1_late_key(CAMERA))
-    after = mtimes(products(catalog, late_codes))
+    after = mtimes(products(catalog, late_codes), config.archive_dir)
     remade = {name for name in after if after[name] != before[name]}
     assert remade == {made_name for made_name, p in made.items() if p.date_obs >= noon}
     assert len(remade) == len(afternoon)
@@ -199,12 +195,12 @@ def _candidate(day: int, version: str = "1", hour: int = 12) -> CalibrationCandi
 def test_quick_selection_takes_the_two_newest_models_not_after_the_observation():
     models = [_candidate(day) for day in (1, 2, 3, 4, 5)]
     observation = datetime(2025, 8, 4, 15)
-    assert select_quick_stray_light(models, observation) == [_candidate(3), _candidate(4)]
-    assert select_quick_stray_light(models, datetime(2025, 8, 4, 12)) == [_candidate(3), _candidate(4)]
-    assert select_quick_stray_light(models, datetime(2025, 8, 2, 11)) == []  # one model only: none
+    assert select_latest_two(models, observation) == [_candidate(3), _candidate(4)]
+    assert select_latest_two(models, datetime(2025, 8, 4, 12)) == [_candidate(3), _candidate(4)]
+    assert select_latest_two(models, datetime(2025, 8, 2, 11)) == []  # one model only: none
     newer = [_candidate(2, "2"), _candidate(3, "2")]
-    assert select_quick_stray_light(models + newer, observation) == newer  # newest version first
-    assert select_quick_stray_light(models + newer[:1], observation) == [_candidate(3), _candidate(4)]
+    assert select_latest_two(models + newer, observation) == newer  # newest version first
+    assert select_latest_two(models + newer[:1], observation) == [_candidate(3), _candidate(4)]
 
 
 def test_model_grid_and_window():
@@ -256,29 +252,44 @@ def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, c
     neighbourhood every 40 pixels (the model is interpolated between them). Then the real
     level1_late_core_flow with that model, a second one and the mask.
     """
-    from punchpipe_assets.calibration import synthesize_calibration
+    from punchpipe_assets.calibration.synthesize import synthesize_calibration
     from punchpipe_assets.config import StrayLightSettings
-    from punchpipe_assets.level1_late import Level1LateProcessor, catalog_product
+    from punchpipe_assets.level1.late import Level1LateProcessor
+    from punchpipe_assets.products import catalog_product
     from punchpipe_assets.resources import ArchiveResource
     from punchpipe_assets.resources.archive import sha256_of
     from punchpipe_assets.sensors.calibration import scan_calibration_landing
 
     config.stray_light = StrayLightSettings(n_crota_bins=1, crota_bin_width=360, stride=40, num_workers=2)
     archive = ArchiveResource(root=str(config.archive_dir))
-    for path in synthesize_calibration(tmp_path / "cal", DAY - timedelta(days=2), size=2048, cameras=[CAMERA],
-                                       kinds=["mask"]):
+    for path in synthesize_calibration(
+        tmp_path / "cal", DAY - timedelta(days=2), size=2048, cameras=[CAMERA], kinds=["mask"]
+    ):
         path.rename(Path(config.calibration_landing_dir) / path.name)
     scan_calibration_landing(catalog, archive, config)
-    paths = synthesize_early_frames(Path(config.archive_dir), CAMERA, DAY + timedelta(hours=2), 51,
-                                    timedelta(minutes=8))
+    paths = synthesize_early_frames(
+        Path(config.archive_dir), CAMERA, DAY + timedelta(hours=2), 51, timedelta(minutes=8)
+    )
     with catalog.session() as session:
         frames = []
         for path in paths:
             when = datetime.strptime(path.name.split("_")[3], "%Y%m%d%H%M%S")
             digest = sha256_of(path)
-            frames.append(catalog_product(session, None, code="XR", obs=CAMERA.obs, date_obs=when, file_version="1",
-                                          path=path, sha256=digest, fingerprint=digest, parents=[],
-                                          acquisition_time=when))
+            frames.append(
+                catalog_product(
+                    session,
+                    None,
+                    code="XR",
+                    obs=CAMERA.obs,
+                    date_obs=when,
+                    file_version="1",
+                    path=archive.relative(path),
+                    sha256=digest,
+                    fingerprint=digest,
+                    parents=[],
+                    acquisition_time=when,
+                )
+            )
 
     key, partition = level1_stray_light_key(CAMERA), "2025-08-01"
     started = time.monotonic()
@@ -296,17 +307,18 @@ def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, c
     import numpy as np
     from punchbowl.data import load_ndcube_from_fits
 
-    cube = load_ndcube_from_fits(model.path)
+    cube = load_ndcube_from_fits(str(config.archive_dir / model.path))
     assert cube.data.shape == (1, 2048, 2048) and np.isfinite(cube.data).all() and cube.data.any()
     assert cube.meta["DATE-OBS"].value.startswith("2025-08-01T12:00:00")
     materialize(config, instance, key, [partition])  # inputs unchanged: not remade
     assert metadata(instance, key, partition)["frames_unchanged"] == 1
 
     # Late Level 1 of the first frame (02:00) between a stand-in model of 07-31 and the real one of 08-01.
-    for path in synthesize_stray_light_models(Path(config.archive_dir), CAMERA, DAY - timedelta(hours=12),
-                                              size=2048, n_crota_bins=1, codes=["SR"]):
+    for path in synthesize_stray_light_models(
+        Path(config.archive_dir), CAMERA, DAY - timedelta(hours=12), size=2048, n_crota_bins=1, codes=["SR"]
+    ):
         with catalog.session() as session:
-            register_stray_light_file(session, path)
+            register_stray_light_file(session, ArchiveResource(root=str(config.archive_dir)), path)
     started = time.monotonic()
     with catalog.session() as session, PeakMemory() as memory:
         frame = session.get(ProductFile, frames[0].id)
@@ -315,7 +327,9 @@ def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, c
     assert outcome.status == "made", outcome.reason
     late = products(catalog, ["CR"])[Path(outcome.path).name]
     assert parents_of(catalog, late) == {
-        paths[0].name, model_name, f"PUNCH_L1_SR{CAMERA.obs}_20250731120000_v1.fits",
+        paths[0].name,
+        model_name,
+        f"PUNCH_L1_SR{CAMERA.obs}_20250731120000_v1.fits",
         f"PUNCH_L1_MS{CAMERA.obs}_20250730000000_v1.bin",
     }
     print(

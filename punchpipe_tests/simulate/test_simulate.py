@@ -17,7 +17,7 @@ IMAGE_APID = load_packet_set().by_kind("image").apid
 
 
 def read(path: Path) -> tuple[bytes, list]:
-    """The bytes of a file and its framed packets, asserting it is undamaged."""
+    """Read the bytes of a file and its framed packets, asserting it is undamaged."""
     data = path.read_bytes()
     framed = frame_packets(data, load_packet_set())
     assert framed.damage_reason is None, (path.name, framed.damage_reason)
