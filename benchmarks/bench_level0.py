@@ -111,8 +111,14 @@ def bench_landing(work: Path, n_files: int, repeats: int) -> dict:
     rounds = repeats + 1
     new_sets = []
     for k in range(2 * rounds + 1):
-        report = _simulate_quietly(NEW_START + timedelta(hours=k), 1 / 60, work / "new" / str(k), size=SMALL_SIZE,
-                                   seed=100 + k, downlink_minutes=1)
+        report = _simulate_quietly(
+            NEW_START + timedelta(hours=k),
+            1 / 60,
+            work / "new" / str(k),
+            size=SMALL_SIZE,
+            seed=100 + k,
+            downlink_minutes=1,
+        )
         new_sets.append(report.files)
 
     # Big catalog: n_files small distinct downlinks simulated straight into the landing folder.
@@ -135,8 +141,10 @@ def bench_landing(work: Path, n_files: int, repeats: int) -> dict:
         small = _config(work / f"empty{k}")
         small_catalog = CatalogResource(url=small.catalog_url)
         small_catalog.engine  # noqa: B018 - create the tables outside the timing
-        tick = {"empty": _timed_tick(small_catalog, small, new_sets[k]),
-                "nearly_empty": _timed_tick(small_catalog, small, new_sets[k + 1])}
+        tick = {
+            "empty": _timed_tick(small_catalog, small, new_sets[k]),
+            "nearly_empty": _timed_tick(small_catalog, small, new_sets[k + 1]),
+        }
         _set_packet_state(catalog, steady=False)
         tick["backlog"] = _timed_tick(catalog, config, new_sets[2 * k + 1])
         _set_packet_state(catalog, steady=True)
@@ -165,8 +173,14 @@ def bench_landing(work: Path, n_files: int, repeats: int) -> dict:
         scan_landing(catalog, config)
         parts[f"whole tick, no new file ({label})"] = time.perf_counter() - start
 
-    return {"n_files": n_registered, "n_packets": n_packets, "simulate_s": simulate_seconds,
-            "register_s": register_seconds, "times": times, "parts": parts}
+    return {
+        "n_files": n_registered,
+        "n_packets": n_packets,
+        "simulate_s": simulate_seconds,
+        "register_s": register_seconds,
+        "times": times,
+        "parts": parts,
+    }
 
 
 # --------------------------------------------------------------------------------------------- (b)
@@ -189,7 +203,7 @@ def child(side: str, home: Path) -> None:
 
     from punchpipe_assets.cameras import CAMERA_BY_OBS
     from punchpipe_assets.cli import run_process
-    from punchpipe_assets.formation import Level0Former
+    from punchpipe_assets.level0.formation import Level0Former
     from punchpipe_assets.resources import ArchiveResource, CatalogResource
     from punchpipe_assets.resources.catalog import ProductFile
     from punchpipe_assets.sensors.landing import scan_landing
@@ -224,7 +238,9 @@ def child(side: str, home: Path) -> None:
             while hour <= request.last_hour:
                 for obs in request.observatories:
                     with catalog.session() as session:
-                        former = Level0Former(session, archive, config.level0, packet_set)
+                        former = Level0Former(
+                            session, archive, config.level0, packet_set, landing_dir=config.landing_dir
+                        )
                         outcome = former.form_window(CAMERA_BY_OBS[obs], hour, hour + timedelta(hours=1))
                     for image in outcome.images:
                         statuses[image.status] = statuses.get(image.status, 0) + 1
@@ -236,27 +252,39 @@ def child(side: str, home: Path) -> None:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result |= {"base_imports_s": t_base_imports, "punchbowl_import_s": t_punchbowl, "run_s": t_run,
-               "run_cpu_s": cpu_run, "process_cpu_s": usage.ru_utime + usage.ru_stime,
-               "subprocess_cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
-                                       for f in ("ru_utime", "ru_stime")),
-               "load_before": load_before, "load_after": os.getloadavg()[0],
-               "in_process_s": time.perf_counter() - t_process, "peak_rss_mb": _peak_rss_mb()}
+    result |= {
+        "base_imports_s": t_base_imports,
+        "punchbowl_import_s": t_punchbowl,
+        "run_s": t_run,
+        "run_cpu_s": cpu_run,
+        "process_cpu_s": usage.ru_utime + usage.ru_stime,
+        "subprocess_cpu_s": sum(
+            getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f) for f in ("ru_utime", "ru_stime")
+        ),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "in_process_s": time.perf_counter() - t_process,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 
 def run_child(side: str, home: Path) -> dict:
+    """Run one side of part (b) in a fresh interpreter and return its result with the process wall time."""
     start = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, __file__, "--child", side, "--home", str(home)],
-        capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"}, check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+        check=False,
     )
     wall = time.perf_counter() - start
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode or not lines:
         sys.stderr.write(completed.stdout[-5000:] + completed.stderr[-5000:])
         raise SystemExit(f"{side} child failed (exit {completed.returncode})")
-    return json.loads(lines[-1][len("RESULT "):]) | {"process_wall_s": wall}
+    return json.loads(lines[-1][len("RESULT ") :]) | {"process_wall_s": wall}
 
 
 def bench_throughput(work: Path, size: int, hours: float, repeats: int) -> tuple[list[dict], int]:
@@ -281,19 +309,26 @@ def _fmt(seconds: float) -> str:
 
 
 def print_landing(result: dict) -> None:
+    """Print the landing-sensor tick times of part (a)."""
     times = result["times"]
     median = {name: statistics.median(values) for name, values in times.items()}
     empty = median["empty"]
     n = result["n_files"]
-    print(f"\n(a) landing-sensor tick: scan_landing() registering 4 new {SMALL_SIZE}x{SMALL_SIZE}-pixel downlinks "
-          f"(median of {len(times['empty'])} ticks per case, cases interleaved)")
-    print(f"    setup: {n} registered files ({result['n_packets']} packets), distinct 1-minute downlinks; "
-          f"simulated in {result['simulate_s']:.1f} s, registered in {result['register_s']:.1f} s "
-          f"({result['register_s'] / max(n, 1) * 1000:.1f} ms/file)")
-    rows = [("empty", "only the 4 new files, fresh empty catalog"),
-            ("nearly_empty", "4 new files, catalog holding 4 files"),
-            ("backlog", f"4 new + {n} registered, images pending"),
-            ("steady", f"4 new + {n} registered, all packets used")]
+    print(
+        f"\n(a) landing-sensor tick: scan_landing() registering 4 new {SMALL_SIZE}x{SMALL_SIZE}-pixel downlinks "
+        f"(median of {len(times['empty'])} ticks per case, cases interleaved)"
+    )
+    print(
+        f"    setup: {n} registered files ({result['n_packets']} packets), distinct 1-minute downlinks; "
+        f"simulated in {result['simulate_s']:.1f} s, registered in {result['register_s']:.1f} s "
+        f"({result['register_s'] / max(n, 1) * 1000:.1f} ms/file)"
+    )
+    rows = [
+        ("empty", "only the 4 new files, fresh empty catalog"),
+        ("nearly_empty", "4 new files, catalog holding 4 files"),
+        ("backlog", f"4 new + {n} registered, images pending"),
+        ("steady", f"4 new + {n} registered, all packets used"),
+    ]
     for name, label in rows:
         ratio = "" if name == "empty" else f"   ratio {median[name] / empty:.2f}x"
         print(f"    {label:44s}: {_fmt(median[name]):>9s}{ratio}")
@@ -305,32 +340,54 @@ def print_landing(result: dict) -> None:
 
 
 def print_throughput(results: list[dict], n_images: int, size: int, hours: float) -> None:
-    print(f"\n(b) Level 0 throughput: {hours} h of telemetry at {size}x{size} ({n_images} images), each side in a "
-          "fresh subprocess with its own catalog, archive and landing folder")
+    """Print the Level 0 throughput of both sides in part (b)."""
+    print(
+        f"\n(b) Level 0 throughput: {hours} h of telemetry at {size}x{size} ({n_images} images), each side in a "
+        "fresh subprocess with its own catalog, archive and landing folder"
+    )
     print("    run = registration + formation (dagster: run_process; plain: scan_landing + form_window loop);")
-    print("    +pb = run + punchbowl import; process = whole fresh subprocess as the parent sees it; "
-          "cpu = CPU seconds of the run")
-    print(f"    {'side':8s} {'images':>6s} {'run s':>7s} {'img/min':>7s} {'+pb s':>7s} {'img/min':>7s} "
-          f"{'process s':>9s} {'img/min':>7s} {'cpu s':>7s} {'img/cpu-min':>11s} {'peak RSS':>9s} {'load avg':>9s}")
+    print(
+        "    +pb = run + punchbowl import; process = whole fresh subprocess as the parent sees it; "
+        "cpu = CPU seconds of the run"
+    )
+    print(
+        f"    {'side':8s} {'images':>6s} {'run s':>7s} {'img/min':>7s} {'+pb s':>7s} {'img/min':>7s} "
+        f"{'process s':>9s} {'img/min':>7s} {'cpu s':>7s} {'img/cpu-min':>11s} {'peak RSS':>9s} {'load avg':>9s}"
+    )
     rates: dict[str, list[tuple[float, ...]]] = {}
     for r in results:
         images = r["images"]
         with_import = r["run_s"] + r["punchbowl_import_s"]
-        rate = (60 * images / r["run_s"], 60 * images / with_import, 60 * images / r["process_wall_s"],
-                60 * images / r["run_cpu_s"])
+        rate = (
+            60 * images / r["run_s"],
+            60 * images / with_import,
+            60 * images / r["process_wall_s"],
+            60 * images / r["run_cpu_s"],
+        )
         rates.setdefault(r["side"], []).append(rate)
-        print(f"    {r['side']:8s} {images:6d} {r['run_s']:7.1f} {rate[0]:7.1f} {with_import:7.1f} {rate[1]:7.1f} "
-              f"{r['process_wall_s']:9.1f} {rate[2]:7.1f} {r['run_cpu_s']:7.1f} {rate[3]:11.1f} "
-              f"{r['peak_rss_mb']:6.0f} MB {r['load_before']:4.1f}>{r['load_after']:<4.1f}")
+        print(
+            f"    {r['side']:8s} {images:6d} {r['run_s']:7.1f} {rate[0]:7.1f} {with_import:7.1f} {rate[1]:7.1f} "
+            f"{r['process_wall_s']:9.1f} {rate[2]:7.1f} {r['run_cpu_s']:7.1f} {rate[3]:11.1f} "
+            f"{r['peak_rss_mb']:6.0f} MB {r['load_before']:4.1f}>{r['load_after']:<4.1f}"
+        )
     for r in results:
-        extra = (f"registration {r['register_s']:.1f} s of the run, statuses {r['statuses']}" if r["side"] == "plain"
-                 else f"summary {r['summary']}")
-        print(f"    {r['side']}: imports dagster+punchpipe_assets {r['base_imports_s']:.1f} s, punchbowl "
-              f"{r['punchbowl_import_s']:.1f} s; CPU of its own subprocesses {r['subprocess_cpu_s']:.1f} s; {extra}")
+        extra = (
+            f"registration {r['register_s']:.1f} s of the run, statuses {r['statuses']}"
+            if r["side"] == "plain"
+            else f"summary {r['summary']}"
+        )
+        print(
+            f"    {r['side']}: imports dagster+punchpipe_assets {r['base_imports_s']:.1f} s, punchbowl "
+            f"{r['punchbowl_import_s']:.1f} s; CPU of its own subprocesses {r['subprocess_cpu_s']:.1f} s; {extra}"
+        )
     if "dagster" in rates and "plain" in rates:
         print("    ratio dagster / plain, images per minute (median per side):")
-        labels = ("run only (punchbowl already imported)", "run + punchbowl import",
-                  "whole fresh process (operator's first run)", "per CPU-minute of the run")
+        labels = (
+            "run only (punchbowl already imported)",
+            "run + punchbowl import",
+            "whole fresh process (operator's first run)",
+            "per CPU-minute of the run",
+        )
         for i, label in enumerate(labels):
             dagster = statistics.median(x[i] for x in rates["dagster"])
             plain = statistics.median(x[i] for x in rates["plain"])
@@ -338,6 +395,7 @@ def print_throughput(results: list[dict], n_images: int, size: int, hours: float
 
 
 def main() -> None:
+    """Run the Level 0 benchmark (or, with ``--child``, one side of it) and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=2048, help="frame size for (b) (2048: flight size)")
     parser.add_argument("--hours", type=float, default=0.25, help="hours of telemetry for (b)")
@@ -356,8 +414,11 @@ def main() -> None:
     _quiet_logs()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_level0_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"bench_level0: size={args.size} hours={args.hours} files={args.files} (work folder {work}, "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]})", flush=True)
+    print(
+        f"bench_level0: size={args.size} hours={args.hours} files={args.files} (work folder {work}, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]})",
+        flush=True,
+    )
     try:
         if args.only in (None, "throughput"):
             results, n_images = bench_throughput(work / "b", args.size, args.hours, args.repeats)

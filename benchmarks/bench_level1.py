@@ -99,9 +99,10 @@ def child_prepare(home: Path, camera_slug: str, hours: float) -> dict:
     import dagster as dg
     from sqlalchemy import func, select
 
-    from punchpipe_assets.calibration import early_flow_arguments, synthesize_calibration
+    from punchpipe_assets.calibration.select import early_flow_arguments, select_frame_calibration
+    from punchpipe_assets.calibration.synthesize import synthesize_calibration
     from punchpipe_assets.cli import run_process
-    from punchpipe_assets.level1 import Level1EarlyProcessor, select_frame_calibration
+    from punchpipe_assets.level1.early import Level1EarlyProcessor
     from punchpipe_assets.resources import ArchiveResource, CatalogResource
     from punchpipe_assets.resources.catalog import ProductFile
     from punchpipe_assets.sensors.calibration import scan_calibration_landing
@@ -156,8 +157,8 @@ def child_dagster(home: Path, prepared: Path, camera_slug: str) -> dict:
     import dagster as dg
     from sqlalchemy import select
 
-    from punchpipe_assets.assets.level1 import level1_early_key
     from punchpipe_assets.definitions import build_definitions
+    from punchpipe_assets.level1.assets import level1_early_key
     from punchpipe_assets.resources import CatalogResource
     from punchpipe_assets.resources.catalog import ProductFile
 
@@ -171,8 +172,12 @@ def child_dagster(home: Path, prepared: Path, camera_slug: str) -> dict:
         run = job.execute_in_process(
             instance=instance, partition_key=PARTITION, asset_selection=[level1_early_key(_camera(camera_slug))]
         )
-        result |= {"run_s": time.perf_counter() - start, "run_cpu_s": time.process_time() - cpu_start,
-                   "started_at": started_at, "load_before": load_before}
+        result |= {
+            "run_s": time.perf_counter() - start,
+            "run_cpu_s": time.process_time() - cpu_start,
+            "started_at": started_at,
+            "load_before": load_before,
+        }
         if not run.success:
             raise SystemExit("the Dagster run failed")
         [record] = instance.fetch_materializations(
@@ -190,8 +195,8 @@ def child_dagster(home: Path, prepared: Path, camera_slug: str) -> dict:
 
 
 def child_plain(home: Path, prepared: Path) -> dict:
-    """The same punchbowl calls in a loop, written with the same writer."""
-    from punchpipe_assets.formation import configure_astropy_offline
+    """Run the same punchbowl calls in a loop, written with the same writer."""
+    from punchpipe_assets.offline import configure_astropy_offline
     from punchpipe_assets.resources import ArchiveResource
 
     configure_astropy_offline()  # the pipeline does it on import of its Level 0 code
@@ -218,8 +223,14 @@ def child_plain(home: Path, prepared: Path) -> dict:
         path = archive.product_path("1", frame["code"], frame["obs"], datetime.fromisoformat(frame["date_obs"]), "1")
         archive.write_cube(cube, path, skip_stats=False)
         outputs.append(str(path))
-    result |= {"run_s": time.perf_counter() - start, "run_cpu_s": time.process_time() - cpu_start,
-               "started_at": started_at, "load_before": load_before, "outputs": sorted(outputs), "frames": len(outputs)}
+    result |= {
+        "run_s": time.perf_counter() - start,
+        "run_cpu_s": time.process_time() - cpu_start,
+        "started_at": started_at,
+        "load_before": load_before,
+        "outputs": sorted(outputs),
+        "frames": len(outputs),
+    }
     return result
 
 
@@ -234,15 +245,19 @@ def child(side: str, home: Path, prepared: Path, camera: str, hours: float) -> N
         result = child_dagster(home, prepared, camera)
     else:
         result = child_plain(home, prepared)
-    result |= {"side": side, "in_process_s": time.perf_counter() - t_process, "load_after": os.getloadavg()[0],
-               "cpu_s": _cpu_seconds()}
+    result |= {
+        "side": side,
+        "in_process_s": time.perf_counter() - t_process,
+        "load_after": os.getloadavg()[0],
+        "cpu_s": _cpu_seconds(),
+    }
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 
 def frame_seconds(result: dict) -> list[float]:
     """Seconds per frame: intervals between the products' write times, the first from the run's start."""
     times = sorted([result["started_at"], *(os.stat(path).st_mtime for path in result["outputs"])])
-    return [later - earlier for earlier, later in zip(times, times[1:])]
+    return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
 
 
 def run_child(side: str, home: Path, prepared: Path, args: argparse.Namespace) -> dict:
@@ -253,8 +268,20 @@ def run_child(side: str, home: Path, prepared: Path, args: argparse.Namespace) -
     """
     home.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = home / "child.stdout", home / "child.stderr"
-    command = [sys.executable, __file__, "--child", side, "--home", str(home), "--prepared", str(prepared),
-               "--camera", args.camera, "--hours", str(args.hours)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--home",
+        str(home),
+        "--prepared",
+        str(prepared),
+        "--camera",
+        args.camera,
+        "--hours",
+        str(args.hours),
+    ]
     start = time.perf_counter()
     with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=os.environ | {"PYTHONWARNINGS": "ignore"})
@@ -266,7 +293,7 @@ def run_child(side: str, home: Path, prepared: Path, args: argparse.Namespace) -
     if process.returncode or not lines:
         sys.stderr.write(output[-5000:] + stderr_path.read_text()[-5000:])
         raise SystemExit(f"{side} child failed (exit {process.returncode})")
-    result = json.loads(lines[-1][len("RESULT "):]) | {"process_wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = json.loads(lines[-1][len("RESULT ") :]) | {"process_wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
     if "outputs" in result:
         result["median_frame_s"] = statistics.median(frame_seconds(result))
     return result
@@ -289,6 +316,7 @@ def stored_digest(path: str) -> str:
 
 
 def compare_outputs(dagster: dict, plain: dict) -> tuple[int, list[str]]:
+    """Count the products identical on both sides and name the ones that differ or are missing."""
     by_name = {Path(p).name: p for p in plain["outputs"]}
     different = []
     for path in dagster["outputs"]:
@@ -303,24 +331,35 @@ def compare_outputs(dagster: dict, plain: dict) -> tuple[int, list[str]]:
 
 
 def print_report(prepare: dict, results: list[dict], args: argparse.Namespace, identical, different) -> None:
-    print(f"\npreparation (not timed in the ratio): {prepare['level0_images']} Level 0 images, "
-          f"{prepare['frames']} science frames in the partition; simulate {prepare['simulate_s']:.1f} s, "
-          f"Level 0 through Dagster {prepare['level0_s']:.1f} s, calibration synthesis + delivery "
-          f"{prepare['calibration_s']:.1f} s; whole subprocess {prepare['process_wall_s']:.1f} s, peak RSS "
-          f"{prepare['peak_rss_mb']:.0f} MB")
-    print(f"\nearly Level 1, {args.camera}, {args.hours} h of partition {PARTITION} at {SIZE}x{SIZE}, each side in a "
-          "fresh subprocess, sides run one after the other;")
-    print("    run = the timed work, punchbowl already imported (dagster: build_definitions + execute_in_process of "
-          "the asset; plain: the loop); s/frame = median interval between products written (the first from the "
-          "run's start); run cpu = CPU seconds of the run (all threads); process = the whole subprocess as the "
-          "parent sees it, cpu its CPU seconds; peak RSS = ru_maxrss of the subprocess (os.wait4)")
-    print(f"    {'side':8s} {'frames':>6s} {'run s':>7s} {'frames/min':>10s} {'s/frame':>7s} {'run cpu s':>9s} "
-          f"{'process s':>9s} {'frames/min':>10s} {'cpu s':>7s} {'peak RSS':>9s} {'load avg':>9s}")
+    """Print the preparation, the timings of both sides and whether their products are identical."""
+    print(
+        f"\npreparation (not timed in the ratio): {prepare['level0_images']} Level 0 images, "
+        f"{prepare['frames']} science frames in the partition; simulate {prepare['simulate_s']:.1f} s, "
+        f"Level 0 through Dagster {prepare['level0_s']:.1f} s, calibration synthesis + delivery "
+        f"{prepare['calibration_s']:.1f} s; whole subprocess {prepare['process_wall_s']:.1f} s, peak RSS "
+        f"{prepare['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"\nearly Level 1, {args.camera}, {args.hours} h of partition {PARTITION} at {SIZE}x{SIZE}, each side in a "
+        "fresh subprocess, sides run one after the other;"
+    )
+    print(
+        "    run = the timed work, punchbowl already imported (dagster: build_definitions + execute_in_process of "
+        "the asset; plain: the loop); s/frame = median interval between products written (the first from the "
+        "run's start); run cpu = CPU seconds of the run (all threads); process = the whole subprocess as the "
+        "parent sees it, cpu its CPU seconds; peak RSS = ru_maxrss of the subprocess (os.wait4)"
+    )
+    print(
+        f"    {'side':8s} {'frames':>6s} {'run s':>7s} {'frames/min':>10s} {'s/frame':>7s} {'run cpu s':>9s} "
+        f"{'process s':>9s} {'frames/min':>10s} {'cpu s':>7s} {'peak RSS':>9s} {'load avg':>9s}"
+    )
     for r in results:
-        print(f"    {r['side']:8s} {r['frames']:6d} {r['run_s']:7.1f} {60 * r['frames'] / r['run_s']:10.2f} "
-              f"{r['median_frame_s']:7.1f} {r['run_cpu_s']:9.1f} {r['process_wall_s']:9.1f} "
-              f"{60 * r['frames'] / r['process_wall_s']:10.2f} {r['cpu_s']:7.1f} "
-              f"{r['peak_rss_mb']:6.0f} MB {r['load_before']:4.1f}>{r['load_after']:<4.1f}")
+        print(
+            f"    {r['side']:8s} {r['frames']:6d} {r['run_s']:7.1f} {60 * r['frames'] / r['run_s']:10.2f} "
+            f"{r['median_frame_s']:7.1f} {r['run_cpu_s']:9.1f} {r['process_wall_s']:9.1f} "
+            f"{60 * r['frames'] / r['process_wall_s']:10.2f} {r['cpu_s']:7.1f} "
+            f"{r['peak_rss_mb']:6.0f} MB {r['load_before']:4.1f}>{r['load_after']:<4.1f}"
+        )
     by_side = {side: [r for r in results if r["side"] == side] for side in ("dagster", "plain")}
     for r in by_side["dagster"]:
         print(f"    dagster frames {r['statuses']}; punchbowl import (untimed) {r['punchbowl_import_s']:.1f} s")
@@ -329,16 +368,24 @@ def print_report(prepare: dict, results: list[dict], args: argparse.Namespace, i
         return statistics.median(r[key] for r in by_side[side])
 
     run_ratio = median("dagster", "run_s") / median("plain", "run_s")
-    print(f"    ratio dagster / plain, {'seconds of the run:':36s}{run_ratio:.3f}  "
-          f"(target <= 1.05: {'met' if run_ratio <= 1.05 else 'NOT met'}){'; medians' if len(results) > 2 else ''}")
-    for label, key in (("CPU seconds of the run", "run_cpu_s"), ("median seconds per frame", "median_frame_s"),
-                       ("seconds of the whole fresh process", "process_wall_s")):
+    print(
+        f"    ratio dagster / plain, {'seconds of the run:':36s}{run_ratio:.3f}  "
+        f"(target <= 1.05: {'met' if run_ratio <= 1.05 else 'NOT met'}){'; medians' if len(results) > 2 else ''}"
+    )
+    for label, key in (
+        ("CPU seconds of the run", "run_cpu_s"),
+        ("median seconds per frame", "median_frame_s"),
+        ("seconds of the whole fresh process", "process_wall_s"),
+    ):
         print(f"    ratio dagster / plain, {label + ':':36s}{median('dagster', key) / median('plain', key):.3f}")
-    print(f"    products identical on both sides (stored data and uncertainty): {identical}/{prepare['frames']}"
-          + (f"; different or missing: {different}" if different else ""))
+    print(
+        f"    products identical on both sides (stored data and uncertainty): {identical}/{prepare['frames']}"
+        + (f"; different or missing: {different}" if different else "")
+    )
 
 
 def main() -> None:
+    """Run the early Level 1 benchmark (or, with ``--child``, one step of it) and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=1.0, help="hours of the partition's hour simulated (<= 1)")
     parser.add_argument("--camera", default="wfi1", choices=("wfi1", "wfi2", "wfi3", "nfi4"))
@@ -356,8 +403,11 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_level1_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"bench_level1: camera={args.camera} hours={args.hours} size={SIZE} (work folder {work}, "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]})", flush=True)
+    print(
+        f"bench_level1: camera={args.camera} hours={args.hours} size={SIZE} (work folder {work}, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]})",
+        flush=True,
+    )
     try:
         prepared = work / "prepared"
         prepare = run_child("prepare", prepared, prepared, args)
