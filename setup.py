@@ -26,10 +26,23 @@ setup(
         "numpy-quaternion>=2024.0",
         "click>=8.1",
         "rich>=13",
+        "filelock>=3.12",  # one writer per home (guard.py)
+        "tenacity==9.2.1",  # catalog and Dagster storage ride out short database outages
+        "imageio-ffmpeg==0.8.1",  # the daily Level Q movie (MP4); ships its own ffmpeg binary
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "requests>=2.31"],
-        "celery": ["dagster-celery==0.29.27", "celery<5.7"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "requests>=2.31",
+            "ruff==0.17.6",
+            "hypothesis>=6.100",
+            "pytest-xdist>=3.6",
+            "psutil>=7",  # worker and run-monitoring tests find and kill pool processes; bench_celery RSS
+            # Drives Debian's /usr/bin/chromium (the UI test); never `playwright install`.
+            "playwright==1.65.2",
+        ],
+        "celery": ["dagster-celery==0.29.27", "celery<5.7", "redis>=5"],
     },
     entry_points={"console_scripts": ["punchpipe=punchpipe_assets.cli:main"]},
 )
