@@ -40,6 +40,7 @@ from punchpipe_assets.products import catalog_product, describe_file, existing_p
 from punchpipe_assets.quicklook import with_quicklook
 from punchpipe_assets.resources import ArchiveResource, CatalogResource, PipelineResource
 from punchpipe_assets.resources.catalog import ProductFile, naive_utc, utcnow
+from punchpipe_assets.sensors.waits import record_waits
 
 LEVEL2_NFI_PCA_CODE_VERSION = "level2-nfi-pca-v1"
 NFI = CAMERA_BY_OBS["4"]
@@ -99,13 +100,15 @@ class PcaBatchProcessor:
         self.session, self.archive, self.run_id = session, archive, run_id
         self.settings, self.file_version = config.level2.nfi_pca, config.level0.file_version
 
-    def process_window(self, start: datetime, end: datetime, partition_key: str | None = None) -> list[ModelOutcome]:
+    def process_window(
+        self, start: datetime, end: datetime, partition_key: str | None = None, now: datetime | None = None
+    ) -> list[ModelOutcome]:
         """Outcomes of every product of the window's batches (one ``waiting``/``refused`` entry per batch not made)."""
         reach = timedelta(hours=self.settings.max_context_hours)
         frames = nfi_frames(self.session, start - reach, end + reach)
         oldest, newest = data_ends(self.session)
         outcomes = []
-        for batch in select_batches(frames, start, end, oldest, newest, utcnow(), self.settings):
+        for batch in select_batches(frames, start, end, oldest, newest, now or utcnow(), self.settings):
             if batch.status is BatchStatus.READY:
                 outcomes.extend(self.make_batch(batch, partition_key))
             else:
@@ -240,9 +243,13 @@ def build_nfi_pca_assets(config: PipelineConfig, lookback: timedelta = AUTOMATIO
         outcomes = []
         for partition_key in context.partition_keys:
             window = grid.time_window_for_partition_key(partition_key)
+            now = utcnow()
             with catalog.session() as session:
                 processor = PcaBatchProcessor(session, archive, pipeline.config, context.run.run_id)
-                made = processor.process_window(naive_utc(window.start), naive_utc(window.end), partition_key)
+                made = processor.process_window(naive_utc(window.start), naive_utc(window.end), partition_key, now)
+                # The waits sensor requests the window again (the whole multi-asset) once a batch's wait is over.
+                waits = [(o.deadline, o.reason) for o in made if o.status == "waiting" and o.deadline > now]
+                record_waits(session, LEVEL2_CNN, partition_key, waits)
             for outcome in made:
                 if outcome.status in ("failed", "refused", "waiting"):
                     (context.log.error if outcome.status == "failed" else context.log.info)(outcome.reason)
