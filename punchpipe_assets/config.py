@@ -214,6 +214,12 @@ class FCoronaSettings(GridWindowSettings):
     max_inputs_per_half: int = Field(15, ge=1, description="Most layers on each side (a seeded choice above).")
     seed: int = Field(0, description="Seed of the choice of layers when more than max_inputs_per_half exist.")
     num_workers: int = Field(2, ge=1, description="Worker (and loader) processes of construct_f_corona_model.")
+    impossible_after_hours: float = Field(
+        12.0,
+        ge=0,
+        description="A refused model is marked impossible this long after its window ended (no more inputs can "
+        "come); consumers then take the nearest models.",
+    )
 
 
 class Level3Settings(BaseModel):

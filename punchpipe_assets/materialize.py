@@ -188,7 +188,8 @@ MODELS_MADE_CHECK = "models_made"
 
 def model_metadata(outcomes: Sequence[ModelOutcome]) -> dict[str, dg.MetadataValue]:
     """Materialization metadata of models or averages: outputs, every input, counts, reasons."""
-    count = {s: sum(o.status == s for o in outcomes) for s in ("made", "unchanged", "refused", "failed", "waiting")}
+    statuses = ("made", "unchanged", "refused", "impossible", "failed", "waiting")
+    count = {s: sum(o.status == s for o in outcomes) for s in statuses}
     return {
         **{f"products_{status}": dg.MetadataValue.int(n) for status, n in count.items()},
         "products_flagged": dg.MetadataValue.int(sum(bool(o.flags) for o in outcomes if o.path)),
@@ -211,8 +212,8 @@ def model_version(outcomes: Sequence[ModelOutcome]) -> dg.DataVersion:
 
 
 def models_check(key: dg.AssetKey, outcomes: Sequence[ModelOutcome]) -> dg.AssetCheckResult:
-    """Warn about models or averages refused, failed, waiting or made incomplete, with the reasons."""
-    problems = [o for o in outcomes if o.status in ("refused", "failed", "waiting") or o.flags]
+    """Warn about models or averages refused, impossible, failed, waiting or made incomplete, with the reasons."""
+    problems = [o for o in outcomes if o.status in ("refused", "impossible", "failed", "waiting") or o.flags]
     return dg.AssetCheckResult(
         asset_key=key,
         check_name=MODELS_MADE_CHECK,
@@ -255,7 +256,8 @@ def materialize_grid_models(
     """Build the model of every grid partition of a run; log refusals and failures, record metadata.
 
     ``build(session, reference_time, partition_key)`` makes (or refuses) one model (written in
-    ``archive``, which also gives the metadata its quicklook). Yields the
+    ``archive``, which also gives the metadata its quicklook). A refused model with a ``deadline``
+    (when it would be given up) is kept for the waits sensor. Yields the
     result (data version from the models' content) and the ``models_made`` check.
     """
     outcomes = []
@@ -263,7 +265,9 @@ def materialize_grid_models(
         reference_time = naive_utc(grid.time_window_for_partition_key(partition_key).start)
         with catalog.session() as session:
             outcome = build(session, reference_time, partition_key)
-        if outcome.status in ("refused", "failed"):
+            waits = [(outcome.deadline, outcome.reason)] if outcome.status == "refused" and outcome.deadline else []
+            record_waits(session, key, partition_key, waits)
+        if outcome.status in ("refused", "impossible", "failed"):
             (context.log.error if outcome.status == "failed" else context.log.warning)(outcome.reason)
         context.add_asset_metadata(with_quicklook(model_metadata([outcome]), archive), partition_key=partition_key)
         outcomes.append(outcome)

@@ -63,6 +63,7 @@ class BackgroundSubtractedProcessor(SubtractedMosaicProcessor):
     model_codes = STARFIELD_MODEL_CODES
     code_version = LEVEL3_PTM_CTM_CODE_VERSION
     waiting_reason = STARFIELD_WAITING_REASON
+    model_settings = "starfield"
 
     def run(self, layers: list[ProductFile], pairs: list[list[ProductFile]]):
         """Call ``level3_core_flow`` on the ``PIM``/``CIM`` and its two starfield models."""

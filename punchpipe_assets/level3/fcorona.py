@@ -183,14 +183,33 @@ class FCoronaBuilder(GridModelBuilder):
             outcome.reason = f"{self.code}{self.obs} {reference_time:%Y-%m-%dT%H:%M}: a delivered model has its name"
         else:
             outcome = super().build(reference_time, partition_key)
+            if outcome.status == "refused":
+                self.give_up_or_wait(outcome)
         record_model_outcome(self.session, self.level, outcome, partition_key, self.run_id)
         return outcome
+
+    def give_up_or_wait(self, outcome: ModelOutcome) -> None:
+        """Mark a refused model impossible once its window has passed for good, else say until when it is retried.
+
+        Past ``impossible_after_hours`` after the end of its window no more inputs can come: the
+        model is ``impossible`` (its consumers take the nearest models). Before that, its
+        ``deadline`` is that time, when the waits sensor requests it again.
+        """
+        give_up = outcome.reference_time + self.half_window + timedelta(hours=self.settings.impossible_after_hours)
+        if utcnow() < give_up:
+            outcome.deadline = give_up
+            return
+        outcome.status = "impossible"
+        outcome.reason = (
+            f"{outcome.reason}; impossible: its window ended more than {self.settings.impossible_after_hours:g} h "
+            "ago, no more inputs can come (consumers take the nearest models)"
+        )
 
 
 def record_model_outcome(
     session: Session, level: str, outcome: ModelOutcome, partition_key: str | None, run_id: str | None
 ) -> None:
-    """Keep the catalog's ``model_refusals`` in step: a refused or failed model recorded, a made one cleared."""
+    """Keep the catalog's ``model_refusals`` in step: a model not made recorded with its status, a made one cleared."""
     existing = session.scalars(
         select(ModelRefusal).where(
             ModelRefusal.level == level,

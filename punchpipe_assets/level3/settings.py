@@ -46,6 +46,12 @@ class StarfieldSettings(GridWindowSettings):
     map_scale: float = Field(0.01, gt=0, le=1, description="Degrees per pixel of the starfield sky map.")
     target_mem_usage: float = Field(1000.0, gt=0, description="punchbowl's target memory use (MB) of the build.")
     num_workers: int = Field(2, ge=1, description="Processes of generate_starfield_background (n_procs).")
+    impossible_after_hours: float = Field(
+        12.0,
+        ge=0,
+        description="A refused model is marked impossible this long after its window ended (no more inputs can "
+        "come); consumers then take the nearest models.",
+    )
 
 
 class LowNoiseSettings(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,9 +24,10 @@ from punchpipe_assets.config import PipelineConfig
 from punchpipe_assets.grid_models import ModelOutcome
 from punchpipe_assets.level0.metadata import parse_fits_time
 from punchpipe_assets.level2.mosaics import cycle_grid
+from punchpipe_assets.partitions import MISSION_EPOCH
 from punchpipe_assets.products import catalog_product, describe_file, product_fingerprint
 from punchpipe_assets.resources.archive import ArchiveResource
-from punchpipe_assets.resources.catalog import ProductFile
+from punchpipe_assets.resources.catalog import ModelRefusal, ProductFile
 
 # Bumped whenever the way a PIM/CIM is made changes; part of its fingerprint.
 LEVEL3_PIM_CIM_CODE_VERSION = "level3-pim-cim-v1"
@@ -65,6 +66,37 @@ def select_bracketing_models(pairs: ModelPairs, when: datetime) -> list[ProductF
     return []
 
 
+def grid_neighbours(when: datetime, spacing_hours: int) -> tuple[datetime, datetime]:
+    """Return the grid times at or before ``when`` and after it (every ``spacing_hours`` from the epoch's midnight)."""
+    step = timedelta(hours=spacing_hours)
+    before = MISSION_EPOCH + ((when - MISSION_EPOCH) // step) * step
+    return before, before + step
+
+
+def select_nearest_models(
+    pairs: ModelPairs, when: datetime, impossible: set[datetime], spacing_hours: int
+) -> tuple[list[ProductFile], str | None]:
+    """Return the nearest of the pipeline's own models, twice, when the grid point on the other side is impossible.
+
+    Used when no bracketing pair exists: if the pipeline has a model on one side of ``when`` only and
+    the grid point next to ``when`` on the other side was marked impossible (its window passed
+    with too few inputs), no model will ever come there; the nearest model stands for both (punchbowl
+    then interpolates between equal models). Returns ``([model, model], flag)``, or ``([], None)``.
+    """
+    own = [pair for pair in pairs if pair[1].state == "created"]
+    chosen = select_models(own, when, lambda candidates, t: _bracketing(candidates, t) * 2)
+    if len(chosen) != 2:
+        return [], None
+    model = chosen[0]
+    grid_before, grid_after = grid_neighbours(when, spacing_hours)
+    missing = grid_after if model.date_obs <= when else grid_before
+    if missing not in impossible:
+        return [], None
+    name = f"{model.file_type}{model.observatory}"
+    flag = f"nearest model {name} only: the model of {missing:%Y-%m-%dT%H:%M} is impossible"
+    return [model, model], flag
+
+
 class SubtractedMosaicProcessor:
     """Makes the ``PIM``/``CIM`` of every Level 2 group of a window, or says what it waits for.
 
@@ -91,6 +123,8 @@ class SubtractedMosaicProcessor:
     model_codes = MODEL_CODES
     code_version = LEVEL3_PIM_CIM_CODE_VERSION
     waiting_reason = WAITING_REASON
+    #: The section of ``config.level3`` holding the models' grid.
+    model_settings = "fcorona"
 
     def __init__(
         self,
@@ -110,6 +144,28 @@ class SubtractedMosaicProcessor:
         if (code, obs) not in self._models:
             self._models[(code, obs)] = catalogued_models(self.session, self.level, code, obs)
         return self._models[(code, obs)]
+
+    def models_for(self, model_code: str, obs: str, when: datetime) -> tuple[list[ProductFile], str | None]:
+        """Return the ``[before, after]`` models of a camera for a time and a flag, or ``([], None)`` to wait.
+
+        The bracketing pair (``select_bracketing_models``); without one, the nearest model when the
+        grid point on its other side is impossible (``select_nearest_models``, flagged).
+        """
+        pair = select_bracketing_models(self.models(model_code, obs), when)
+        if pair:
+            return pair, None
+        impossible = set(
+            self.session.scalars(
+                select(ModelRefusal.reference_time).where(
+                    ModelRefusal.level == self.level,
+                    ModelRefusal.product_code == model_code,
+                    ModelRefusal.observatory == obs,
+                    ModelRefusal.status == "impossible",
+                )
+            )
+        )
+        spacing = getattr(self.config.level3, self.model_settings).spacing_hours
+        return select_nearest_models(self.models(model_code, obs), when, impossible, spacing)
 
     def groups(self, start: datetime, end: datetime) -> dict[tuple[str, datetime], list[ProductFile]]:
         """Return the layers of every group whose slot ends in ``[start, end)``, by layer code and slot start."""
@@ -162,9 +218,11 @@ class SubtractedMosaicProcessor:
         pairs, missing = [], []
         for layer in layers:
             model_code = self.model_codes[layer_code]
-            pair = select_bracketing_models(self.models(model_code, layer.observatory), layer.date_obs)
+            pair, flag = self.models_for(model_code, layer.observatory, layer.date_obs)
             if not pair:
                 missing.append(f"{model_code}{layer.observatory}")
+            if flag:
+                outcome.flags.append(flag)
             pairs.append(pair)
         if missing:
             outcome.status = "waiting"
@@ -176,7 +234,11 @@ class SubtractedMosaicProcessor:
         models = [model for pair in pairs for model in pair]
         outcome.inputs = [describe_file(p) for p in [*layers, *models]]
         fingerprint = product_fingerprint(
-            self.code_version, self.file_version, [p.sha256 for p in layers], [m.sha256 for m in models]
+            self.code_version,
+            self.file_version,
+            [p.sha256 for p in layers],
+            [m.sha256 for m in models],
+            *([outcome.flags] if outcome.flags else []),  # fingerprints of unflagged products unchanged
         )
         existing = self.existing(code, slot_start)
         if (
@@ -190,6 +252,8 @@ class SubtractedMosaicProcessor:
         try:
             cube = self.run(layers, pairs)
             cube.meta["FILEVRSN"] = self.file_version
+            for flag in outcome.flags:
+                cube.meta.history.add_now("punchpipe", flag[:60])
             date_obs = parse_fits_time(cube.meta["DATE-OBS"].value)
             path = self.archive.product_path(self.level, code, "M", date_obs, self.file_version)
             sha256 = self.archive.write_cube(cube, path, skip_stats=False)
@@ -199,7 +263,7 @@ class SubtractedMosaicProcessor:
         stored = self.archive.relative(path)
         if existing is not None and existing.path != stored:
             self.archive.absolute(existing.path).unlink(missing_ok=True)
-        catalog_product(
+        row = catalog_product(
             self.session,
             existing,
             code=code,
@@ -215,6 +279,7 @@ class SubtractedMosaicProcessor:
             run_id=self.run_id,
             level=self.level,
         )
+        row.flags = "; ".join(outcome.flags) or None
         outcome.status, outcome.path, outcome.sha256, outcome.reference_time = "made", stored, sha256, date_obs
         return outcome
 

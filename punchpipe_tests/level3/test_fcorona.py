@@ -85,16 +85,30 @@ def test_a_grid_point_takes_the_camera_layers_of_its_window_and_is_refused_with_
         assert [p.id for p in candidates] == [p.id for p in inside]
         chosen, refusal = builder.choose(candidates, NOON)
         assert refusal is None and [p.id for p in chosen] == [p.id for p in inside]
-        # One more than exists before: refused with the reason, recorded in the catalog.
-        config.level3.fcorona = FCoronaSettings(half_window_hours=2, min_inputs_per_half=3)
+        # One more than exists before: refused with the reason, recorded in the catalog, tried again by then.
+        config.level3.fcorona = FCoronaSettings(half_window_hours=2, min_inputs_per_half=3, impossible_after_hours=1e5)
         outcome = FCoronaBuilder(session, archive, config, WFI[0], "clear").build(NOON, "2025-08-01-12:00")
-        assert outcome.status == "refused"
+        assert outcome.status == "refused" and outcome.deadline == NOON + timedelta(hours=2 + 1e5)
         assert outcome.reason == (
             "CF1 2025-08-01T12:00: 2 layers before, the minimum is 3; 2 layers after, the minimum is 3 (XR1 within 2 h)"
         )
         [refusal_row] = session.scalars(select(ModelRefusal)).all()
         assert (refusal_row.product_code, refusal_row.observatory, refusal_row.reference_time) == ("CF", "1", NOON)
         assert refusal_row.status == "refused" and refusal_row.reason == outcome.reason
+
+
+def test_a_refused_model_is_impossible_once_its_window_has_passed_for_good(config, catalog):
+    # The window of 12:00 ended at 14:00 on 2025-08-01, long over twelve hours ago: no more layers can come.
+    config.level3.fcorona = FCoronaSettings(half_window_hours=2, min_inputs_per_half=3)
+    archive = ArchiveResource(root=str(config.archive_dir))
+    with catalog.session() as session:
+        add_layer(session, "1", "XR", NOON - timedelta(minutes=8))
+        outcome = FCoronaBuilder(session, archive, config, WFI[0], "clear").build(NOON, "2025-08-01-12:00")
+        assert outcome.status == "impossible" and outcome.deadline is None and outcome.path is None
+        assert outcome.reason.startswith("CF1 2025-08-01T12:00: 1 layers before, the minimum is 3")
+        assert "impossible: its window ended more than 12 h ago" in outcome.reason
+        [row] = session.scalars(select(ModelRefusal)).all()
+        assert (row.status, row.reason, row.reference_time) == ("impossible", outcome.reason, NOON)
 
 
 def model(obs: str, when: datetime, state: str, code: str = "CF", version: str = "1") -> tuple:
@@ -129,3 +143,52 @@ def test_groups_wait_for_the_bracketing_models_when_none_exist(config, catalog):
         assert outcome.status == "waiting" and outcome.code == "CI" and outcome.path is None
         assert WAITING_REASON in outcome.reason and "CF1, CF2, CF3" in outcome.reason
         assert session.scalars(select(ProductFile).where(ProductFile.level == "3")).all() == []
+
+
+def test_consumers_take_the_nearest_model_once_the_grid_point_on_the_other_side_is_impossible(config, catalog):
+    archive = ArchiveResource(root=str(config.archive_dir))
+    layer_time = NOON + timedelta(hours=1)  # between the grid points 12:00 and 00:00 (spacing 12 h)
+    with catalog.session() as session:
+        [own] = [model("1", NOON, "created")[1]]
+        own.path, own.sha256, own.fingerprint = "3/CF1/noon.fits", "noon", "x"
+        session.add(own)
+        session.flush()
+
+        def models_for(when):
+            return SubtractedMosaicProcessor(session, archive, config).models_for("CF", "1", when)
+
+        assert models_for(layer_time) == ([], None)  # the model after may still come: wait
+        # A refusal that may still be cured, or an impossible model elsewhere on the grid, changes nothing.
+        for status, when in (("refused", NOON + timedelta(hours=12)), ("impossible", NOON + timedelta(hours=24))):
+            session.add(
+                ModelRefusal(
+                    level="3", product_code="CF", observatory="1", reference_time=when, status=status, reason="x"
+                )
+            )
+        session.flush()
+        assert models_for(layer_time) == ([], None)
+        # The grid point after the layer is impossible: the model before stands for both, flagged.
+        refusal = session.scalars(select(ModelRefusal).where(ModelRefusal.status == "refused")).one()
+        refusal.status = "impossible"
+        session.flush()
+        pair, flag = models_for(layer_time)
+        assert [p.id for p in pair] == [own.id, own.id]
+        assert flag == "nearest model CF1 only: the model of 2025-08-02T00:00 is impossible"
+        # Before the model: the grid point at or before the layer (00:00) must be impossible instead.
+        earlier = NOON - timedelta(hours=1)
+        assert models_for(earlier) == ([], None)
+        session.add(
+            ModelRefusal(
+                level="3",
+                product_code="CF",
+                observatory="1",
+                reference_time=NOON - timedelta(hours=12),
+                status="impossible",
+                reason="x",
+            )
+        )
+        session.flush()
+        pair, flag = models_for(earlier)
+        assert [p.id for p in pair] == [own.id, own.id] and "2025-08-01T00:00" in flag
+        # Another camera's models are not taken.
+        assert SubtractedMosaicProcessor(session, archive, config).models_for("CF", "2", layer_time) == ([], None)

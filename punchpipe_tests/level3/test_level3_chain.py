@@ -14,7 +14,7 @@ from punchpipe_assets.level2.assets import LEVEL2_CTM, LEVEL2_PTM, level2_layers
 from punchpipe_assets.level3.assets import LEVEL3_CIM, LEVEL3_PIM, POLARIZATIONS, fcorona_key
 from punchpipe_assets.lineage import affected_products, find_product
 from punchpipe_assets.resources import ArchiveResource, CatalogResource
-from punchpipe_assets.resources.catalog import ModelRefusal
+from punchpipe_assets.resources.catalog import ModelRefusal, Wait
 from punchpipe_assets.sensors.landing import scan_landing
 from punchpipe_assets.simulate import simulate
 from punchpipe_assets.status import catalog_status
@@ -54,6 +54,7 @@ def level3_config(config):
     config.level3.fcorona.half_window_hours = 1
     config.level3.fcorona.min_inputs_per_half = 1
     config.level3.fcorona.num_workers = 1
+    config.level3.fcorona.impossible_after_hours = 24 * 365 * 10  # the data are from 2025: refused, not given up
     return config
 
 
@@ -85,6 +86,11 @@ def test_layers_become_f_corona_models_and_pim_cim_unchanged_on_rerun_stale_with
     with CatalogResource(url=config.catalog_url).session() as session:
         refused = session.scalars(select(ModelRefusal).where(ModelRefusal.reference_time == datetime(2025, 8, 1, 11)))
         assert sorted(f"{r.product_code}{r.observatory}" for r in refused) == ["CF1", "CF2", "CF3", "PF1", "PF2", "PF3"]
+        # Each is requested again by the waits sensor when it would be given up (its window's end + the wait).
+        waits = session.scalars(select(Wait).where(Wait.partition_key == GRID[0])).all()
+        assert sorted(w.asset_key for w in waits) == sorted(k.to_user_string() for k in FCORONA_KEYS)
+        give_up = datetime(2025, 8, 1, 12) + timedelta(hours=config.level3.fcorona.impossible_after_hours)
+        assert {w.until for w in waits} == {give_up}
 
     # 12:00 and 13:00: every layer of the camera within an hour either side, and nothing else.
     models = products(config, "3", ["CF", "PF"])

@@ -53,6 +53,8 @@ def products_config(config):
     config.level3.starfield.min_inputs_per_half = 1
     config.level3.starfield.map_scale = 0.16
     config.level3.starfield.num_workers = 1
+    config.level3.fcorona.impossible_after_hours = 24 * 365 * 10  # the data are from 2025: refused, not given up
+    config.level3.starfield.impossible_after_hours = 24 * 365 * 10  # the data are from 2025: refused, not given up
     config.level3.velocity.min_inputs = 2
     config.level3.velocity.delta_t = 1
     config.level3.velocity.sparsity = 1

@@ -72,7 +72,9 @@ def test_a_grid_point_takes_the_pim_of_its_window_and_is_refused_with_too_few(co
         assert [p.id for p in candidates] == [p.id for p in inside]
         chosen, refusal = builder.choose(candidates, NOON)
         assert refusal is None and [p.id for p in chosen] == [p.id for p in inside]
-        config.level3.starfield = StarfieldSettings(half_window_hours=24, min_inputs_per_half=3)
+        config.level3.starfield = StarfieldSettings(
+            half_window_hours=24, min_inputs_per_half=3, impossible_after_hours=24 * 365 * 10
+        )
         outcome = StarfieldBuilder(session, archive, config, "polarized").build(NOON, "2025-08-01-12:00")
         assert outcome.status == "refused" and outcome.path is None
         assert outcome.reason == (
