@@ -93,6 +93,19 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
                 ProductFile.level == "3", ProductFile.file_type.in_(("PF", "CF")), ProductFile.state == "created"
             )
         )
+        nfi_clear = session.scalar(
+            select(func.count(ProductFile.id)).where(
+                ProductFile.level == "1",
+                ProductFile.file_type == "XR",
+                ProductFile.observatory == "4",
+                ProductFile.state == "created",
+            )
+        )
+        pipeline_cnn = session.scalar(
+            select(func.count(ProductFile.id)).where(
+                ProductFile.level == "2", ProductFile.file_type == "CN", ProductFile.state == "created"
+            )
+        )
         pipeline_starfield = session.scalar(
             select(func.count(ProductFile.id)).where(
                 ProductFile.level == "3", ProductFile.file_type.in_(("PS", "CS")), ProductFile.state == "created"
@@ -127,5 +140,13 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
             f"Level 3 starfield models (PSM/CSM): one every {starfield.spacing_hours} h, each from the PIM/CIM of the "
             f"{starfield.half_window_hours:g} h before and after (at least {starfield.min_inputs_per_half} a side); "
             "refused until then, and PTM/CTM use the bootstrap models"
+        )
+    pca = config.level2.nfi_pca
+    if not pipeline_cnn:
+        lines.append(
+            f"NFI PCA background (CNN, AR4, SR4): a {pca.batch_hours} h batch window needs at least {pca.min_frames} "
+            f"clear NFI frames with its context (one every 8 minutes: {pca.min_frames * 8 / 60:g} h of NFI data; "
+            f"punchbowl's PCA fits 100 components); there are {nfi_clear} XR4 frames. Not built yet: NFI "
+            "F-corona models (CFN), Level 3 NFI, QuickPUNCH QNN"
         )
     return lines

@@ -67,6 +67,7 @@ def test_demo_on_the_embedded_default_then_status_lineage_and_affected(tmp_path)
     env = embedded(home)
     printed = punchpipe(env, "demo", "--hours", "0.2", "--size", DEMO_SIZE, timeout=2400)
     assert "0 failed" in printed and "Needs more data:" in printed, printed
+    assert "NFI PCA background (CNN, AR4, SR4)" in printed and "180 clear NFI frames" in printed, printed
     assert (home / "catalog.sqlite").exists() and (home / "dagster" / "dagster.yaml").exists()
 
     status = json.loads(punchpipe(env, "status", "--json"))
