@@ -11,12 +11,14 @@ from punchpipe_assets.calibration.synthesize import synthesize_calibration
 from punchpipe_assets.cameras import CAMERA_BY_OBS
 from punchpipe_assets.cli import run_process
 from punchpipe_assets.definitions import build_definitions
+from punchpipe_assets.level1 import early
 from punchpipe_assets.level1.assets import level1_early_key
 from punchpipe_assets.lineage import affected_products, find_product
 from punchpipe_assets.resources import ArchiveResource
 from punchpipe_assets.resources.catalog import FileRelationship, ProductFile
 from punchpipe_assets.sensors.calibration import DeliveryResult, calibration_events, scan_calibration_landing
 from punchpipe_assets.simulate import simulate
+from punchpipe_tests.chain import mtimes
 from punchpipe_tests.conftest import SIMULATION_START
 from punchpipe_tests.level0.test_assets import land
 
@@ -64,8 +66,13 @@ def level1_products(catalog) -> dict[str, ProductFile]:
         }
 
 
+def level0_files(catalog) -> list[ProductFile]:
+    with catalog.session() as session:
+        return list(session.scalars(select(ProductFile).where(ProductFile.level == "0")))
+
+
 def test_level1_early_records_calibration_lineage_and_reprocesses_only_affected_frames(
-    config, catalog, instance, tmp_path
+    config, catalog, instance, tmp_path, monkeypatch
 ):
     config.calibration_image_size = SIZE
     report = level0_of(config, instance, SIMULATION_START, 0.1, tmp_path / "sim", seed=21)
@@ -106,10 +113,17 @@ def test_level1_early_records_calibration_lineage_and_reprocesses_only_affected_
         name for name, p in after.items() if (config.archive_dir / p.path).stat().st_mtime_ns != before[name][1]
     }
     assert rewritten == affected  # exactly the frames made with the superseded vignetting file
+    settled = mtimes(config, after.values())
     assert materialize_level1(config, instance).success  # nothing changed: nothing rewritten
-    assert {name: (config.archive_dir / p.path).stat().st_mtime_ns for name, p in level1_products(catalog).items()} == {
-        name: (config.archive_dir / p.path).stat().st_mtime_ns for name, p in after.items()
-    }
+    assert mtimes(config, level1_products(catalog).values()) == settled
+
+    # A new early Level 1 code version: every frame is remade, no Level 0 file.
+    level0_before = mtimes(config, level0_files(catalog))
+    monkeypatch.setattr(early, "LEVEL1_EARLY_CODE_VERSION", "level1-early-next")
+    assert materialize_level1(config, instance).success
+    remade = mtimes(config, level1_products(catalog).values())
+    assert set(remade) == set(settled) and all(remade[name] != settled[name] for name in settled)
+    assert mtimes(config, level0_files(catalog)) == level0_before
 
 
 def test_new_calibration_version_makes_exactly_the_affected_partitions_stale(config, catalog, instance, tmp_path):
@@ -353,3 +367,39 @@ def test_process_makes_early_level1_once_and_then_only_what_is_missing(config, c
     after = level1_products(catalog)
     assert len(after) == len(science) + len([c for _, _, c in later.images if c != "DK"])
     assert {n: (config.archive_dir / after[n].path).stat().st_mtime_ns for n in before} == before
+
+
+def test_a_changed_despike_neighbour_remakes_exactly_the_frames_it_despikes(config, catalog, instance, tmp_path):
+    """Re-form a Level 0 frame from a later copy of its segments: it and its neighbours are remade, nothing else.
+
+    Neighbours: frames of its product code within 15 minutes (at most six).
+    """
+    from punchpipe_assets.sensors.landing import scan_landing
+    from punchpipe_tests.chain import materialize
+    from punchpipe_tests.level0.test_image_packets import image_packets
+
+    config.calibration_image_size = SIZE
+    report = level0_of(config, instance, SIMULATION_START, 0.3, tmp_path / "sim", seed=23)
+    deliver(config, catalog, "1")
+    assert materialize_level1(config, instance).success
+    made = level1_products(catalog)
+    when = min(t for _, t, code in report.images if code == "PZ")
+    (resent,) = simulate(SIMULATION_START, 0.3, tmp_path / "other", size=SIZE, seed=24, cameras=[CAMERA]).files
+    (sent,) = report.files
+    old_packets, new_packets = image_packets(sent.read_bytes()), image_packets(resent.read_bytes())
+    assert [c for *_, c in old_packets[when]] == [c for *_, c in new_packets[when]]  # the same segments
+    data = resent.read_bytes()
+    (Path(config.landing_dir) / "PUNCH_TLM_2_resent.tlm").write_bytes(
+        b"".join(data[offset : offset + length] for offset, length, _ in new_packets[when])
+    )
+    scan_landing(catalog, config, max_files=10**6)
+    before = mtimes(config, made.values())
+    materialize(config, instance, [dg.AssetKey(f"level0_{CAMERA.slug}")], [PARTITION])
+
+    assert materialize_level1(config, instance).success
+    window = timedelta(minutes=15)
+    (centre,) = [p.date_obs for p in level0_files(catalog) if p.acquisition_time == when]
+    touched = {n for n, p in made.items() if p.file_type == "XZ" and abs(p.date_obs - centre) <= window}
+    assert len(touched) < sum(p.file_type == "XZ" for p in made.values())  # some frames of its code too far
+    after = mtimes(config, level1_products(catalog).values())
+    assert {n for n, mtime in after.items() if mtime != before[n]} == touched

@@ -6,6 +6,7 @@ import os
 import sqlite3
 from datetime import datetime
 
+import pytest
 from sqlalchemy import inspect, select
 
 from punchpipe_assets.resources import archive as archive_module
@@ -80,3 +81,35 @@ def test_a_new_checksum_forgets_the_stamp_and_an_old_catalog_gains_the_columns(t
         connection.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT, sha256 VARCHAR(64))")
     columns = {c["name"] for c in inspect(CatalogResource(url=f"sqlite:///{old}").engine).get_columns("files")}
     assert {"path", "size", "mtime_ns"} <= columns
+
+
+def test_a_file_is_replaced_atomically_and_a_failed_write_leaves_the_old_one(tmp_path):
+    """Readers see the old file or the new one, never a partial one; a failed write changes nothing."""
+    archive = ArchiveResource(root=str(tmp_path / "archive"))
+    path = archive.product_path("1", "XM", "1", datetime(2026, 1, 1), "1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"old product")
+    reader = open(path, "rb")  # noqa: SIM115 - a reader holding the old file across the replacement
+    seen_during_write = []
+
+    def write(temporary) -> None:
+        assert temporary.name == path.name and temporary != path  # the final base name, elsewhere
+        temporary.write_bytes(b"new ")
+        seen_during_write.append(path.read_bytes())  # half-written: the final path still has the old file
+        with open(temporary, "ab") as handle:
+            handle.write(b"product")
+
+    archive_module.write_atomically(path, write)
+    assert seen_during_write == [b"old product"]
+    assert path.read_bytes() == b"new product"
+    assert reader.read() == b"old product"  # the old file, whole, for a reader that had it open
+    reader.close()
+
+    def fail(temporary) -> None:
+        temporary.write_bytes(b"half")
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space left"):
+        archive_module.write_atomically(path, fail)
+    assert path.read_bytes() == b"new product"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no staging folder left

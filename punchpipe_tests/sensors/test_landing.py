@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -188,3 +189,32 @@ def test_work_already_queued_or_running_is_not_requested_again(config, catalog, 
     assert [(r.partition_keys, r.observatories) for r in scan.requests] == [
         (("2025-08-01-11:00", "2025-08-01-12:00"), ["2"])
     ]
+
+
+def test_a_tick_registers_at_most_max_files_per_tick_oldest_first_and_the_next_tick_the_rest(
+    config, catalog, instance, downlinks
+):
+    """Register at most ``sensor.max_files_per_tick`` files per evaluation; the cursor says how many wait."""
+    config.sensor.max_files_per_tick = 2
+    names = [f"PUNCH_TLM_{obs}_20250801120000.tlm" for obs in "4132"]  # landed in this order
+    for age, name in enumerate(names):
+        landed = land(config, downlinks["files"][name])
+        os.utime(landed, (time.time() - 600 + age, time.time() - 600 + age))
+    definitions = build_definitions(config)
+    sensor = definitions.resolve_sensor_def("telemetry_landing_sensor")
+
+    def tick() -> tuple[set[str], dict]:
+        with dg.build_sensor_context(
+            instance=instance, definitions=definitions, resources=build_resources(config)
+        ) as context:
+            result = sensor(context)
+        registered = {event.metadata["file"].value for event in result.asset_events}
+        cursor = json.loads(result.cursor)
+        return registered, {key: cursor[key] for key in ("registered", "remaining")}
+
+    assert tick() == (set(names[:2]), {"registered": 2, "remaining": 2})
+    with catalog.session() as session:
+        assert set(session.scalars(select(TelemetryFile.name))) == set(names[:2])
+    assert tick() == (set(names[2:]), {"registered": 2, "remaining": 0})
+    assert tick() == (set(), {"registered": 0, "remaining": 0})
+    assert packet_count(catalog, names[-1]) == telemetry_row(catalog, names[-1]).n_packets > 0
