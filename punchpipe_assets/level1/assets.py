@@ -33,6 +33,7 @@ from punchpipe_assets.materialize import (
     PUNCHBOWL_LARGE_MEMORY_POOL,
     PUNCHBOWL_POOL,
     frames_made_check,
+    frames_made_check_spec,
     frames_metadata,
     hourly_level1_asset_kwargs,
     pool_kwargs,
@@ -45,10 +46,15 @@ from punchpipe_assets.quicklook import with_quicklook
 from punchpipe_assets.resources import ArchiveResource, CatalogResource, PipelineResource
 from punchpipe_assets.resources.catalog import naive_utc
 
-#: Late Level 1 needs the models of the day before, the day and the day after its hour.
-LATE_MODEL_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=1)
+#: The offsets of a ``TimeWindowPartitionMapping`` count downstream partitions: hours here, not days.
+HOURS_PER_DAY = 24
+#: Late Level 1 needs the models of the day before, the day and the day after its hour (the day
+#: after has no model partition yet for the newest hours).
+LATE_MODEL_MAPPING = dg.TimeWindowPartitionMapping(
+    start_offset=-HOURS_PER_DAY, end_offset=HOURS_PER_DAY, allow_nonexistent_upstream_partitions=True
+)
 #: Quick Level 1 uses the models of the two days before its hour's day.
-QUICK_MODEL_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-2, end_offset=-1)
+QUICK_MODEL_MAPPING = dg.TimeWindowPartitionMapping(start_offset=-2 * HOURS_PER_DAY, end_offset=-HOURS_PER_DAY)
 
 
 def level1_early_key(camera: Camera) -> dg.AssetKey:
@@ -128,10 +134,15 @@ def late_metadata(frames: list[FrameOutcome]) -> dict[str, dg.MetadataValue]:
 
 
 def build_level1_stray_light_asset(camera: Camera, lookback: timedelta = AUTOMATION_LOOKBACK) -> dg.AssetsDefinition:
-    """Build the stray-light model asset of one camera (``estimate_stray_light``, daily at 12:00 UTC)."""
+    """Build the stray-light model asset of one camera (``estimate_stray_light``, daily at 12:00 UTC).
+
+    Refused and failed models are recorded with the reason in the metadata (``not_made``), the run
+    log and the ``frames_made`` check (a warning), as frames are.
+    """
+    key = level1_stray_light_key(camera)
 
     @dg.asset(
-        key=level1_stray_light_key(camera),
+        key=key,
         description=f"Stray-light models (SR, SM/SZ/SP) of observatory {camera.obs}: one per day at 12:00 UTC "
         "from the early Level 1 frames of a window around it, by punchbowl's estimate_stray_light.",
         partitions_def=daily_partitions,
@@ -142,6 +153,7 @@ def build_level1_stray_light_asset(camera: Camera, lookback: timedelta = AUTOMAT
         # what exists (an hour without telemetry never gets an early partition).
         automation_condition=eager_within(lookback, give_up_waiting_after=timedelta(days=1)),
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        check_specs=[frames_made_check_spec(key)],
         **product_asset_kwargs(camera.obs, "1"),
     )
     def level1_stray_light_camera(
@@ -171,7 +183,9 @@ def build_level1_stray_light_asset(camera: Camera, lookback: timedelta = AUTOMAT
             metadata["input_level1_early_files"] = dg.MetadataValue.json(input_files)
             context.add_asset_metadata(with_quicklook(metadata, archive), partition_key=partition_key)
             outcomes.extend(models)
-        return dg.MaterializeResult(data_version=_data_version(outcomes))
+        return dg.MaterializeResult(
+            data_version=_data_version(outcomes), check_results=[frames_made_check(key, outcomes)]
+        )
 
     return level1_stray_light_camera
 

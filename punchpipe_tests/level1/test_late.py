@@ -1,7 +1,9 @@
 """Stray-light models, late and quick Level 1 through Dagster: model selection, lineage, incremental remaking."""
 
+import itertools
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,15 +26,31 @@ PARTITIONS = ("2025-08-01-11:00", "2025-08-01-12:00")
 DAY = datetime(2025, 8, 1)
 
 
+def stray_light_ramp(size: int = 2048):
+    """Return the stray-light pattern fixed in the detector by ``synthesize_early_frames``: rows 2e-13 to 4e-13."""
+    import numpy as np
+
+    return (2e-13 * (1 + np.arange(size, dtype=np.float32) / size))[:, None] * np.ones(size, np.float32)
+
+
 def synthesize_early_frames(
-    archive_root: Path, camera, start: datetime, count: int, cadence: timedelta, size: int = 2048, seed: int = 0
+    archive_root: Path,
+    camera,
+    start: datetime,
+    count: int,
+    cadence: timedelta,
+    size: int = 2048,
+    seed: int = 0,
+    codes: Sequence[str] = ("XR",),
 ) -> list[Path]:
-    """Clear early frames (``XR``) of a rolling WFI, for the science tier (the early flow takes ~15 s a frame).
+    """Early frames of a rolling WFI, for the science tier (the early flow takes ~15 s a frame).
 
     Each frame is a sky-fixed F-corona (falling as elongation^-2.5, flattened towards the ecliptic,
     so it turns in the detector as the spacecraft rolls 7 degrees a frame about the Sun direction),
-    a stray-light pattern fixed in the detector (a vertical ramp, 2e-13 to 4e-13) and noise, with
-    the roll in the WCS and CROTA. Returns the files written into the archive.
+    a stray-light pattern fixed in the detector (``stray_light_ramp``) and noise, with the roll in
+    the WCS and CROTA. At each time one frame of each of ``codes``, 10 s apart (``XM XZ XP``: a
+    matched triplet; the corona is unpolarized, so each polarizer state sees the same scene).
+    Returns the files written into the archive.
     """
     import numpy as np
     from astropy.nddata import StdDevUncertainty
@@ -44,11 +62,11 @@ def synthesize_early_frames(
     from punchpipe_assets.resources import ArchiveResource
 
     archive, rng = ArchiveResource(root=str(archive_root)), np.random.default_rng(seed)
-    stray = (2e-13 * (1 + np.arange(size, dtype=np.float32) / size))[:, None] * np.ones(size, np.float32)
+    stray = stray_light_ramp(size)
     coarse = np.linspace(0, size - 1, 129)
     written = []
-    for index in range(count):
-        when, roll = start + index * cadence, np.radians((7.0 * index) % 360 - 180)
+    for index, (offset, code) in itertools.product(range(count), enumerate(codes)):
+        when, roll = start + index * cadence + timedelta(seconds=10 * offset), np.radians((7.0 * index) % 360 - 180)
         wcs = _camera_wcs(camera, size)
         elongation = wcs.wcs.crval[0]
         wcs.wcs.crval = elongation * np.cos(roll), elongation * np.sin(roll)
@@ -59,16 +77,44 @@ def synthesize_early_frames(
         corona = 1e-11 * (radius / 10) ** -2.5 * (1 - 0.4 * np.sin(angle) ** 2)
         data = zoom(corona, size / corona.shape[0], order=1)[:size, :size].astype(np.float32) + stray
         data += rng.normal(0, 2e-14, data.shape).astype(np.float32)
-        meta = NormalizedMetadata.load_template(f"XR{camera.obs}", "1")
+        meta = NormalizedMetadata.load_template(f"{code}{camera.obs}", "1")
         meta["DATE-OBS"] = when.strftime("%Y-%m-%dT%H:%M:%S.000")
         for keyword in ("DATE-BEG", "DATE-END", "DATE-AVG"):
             meta[keyword] = meta["DATE-OBS"].value
         meta["FILEVRSN"], meta["OUTLIER"], meta["CROTA"] = "1", 0, float(np.degrees(roll))
         cube = PUNCHCube(data=data, wcs=wcs, meta=meta, uncertainty=StdDevUncertainty(np.full_like(data, 2e-14)))
-        path = archive.product_path("1", "XR", camera.obs, when, "1")
+        path = archive.product_path("1", code, camera.obs, when, "1")
         archive.write_cube(cube, path, skip_stats=False)
         written.append(path)
     return written
+
+
+def catalogue_early_frames(catalog, archive: ArchiveResource, paths: Sequence[Path]) -> list[ProductFile]:
+    """Catalogue early frames written by ``synthesize_early_frames``, as early Level 1 would (no lineage)."""
+    from punchpipe_assets.products import catalog_product
+    from punchpipe_assets.resources.archive import sha256_of
+
+    frames = []
+    with catalog.session() as session:
+        for path in paths:
+            _, _, code_obs, stamp, _ = path.name.split("_")
+            when, digest = datetime.strptime(stamp, "%Y%m%d%H%M%S"), sha256_of(path)
+            frames.append(
+                catalog_product(
+                    session,
+                    None,
+                    code=code_obs[:2],
+                    obs=code_obs[2:],
+                    date_obs=when,
+                    file_version="1",
+                    path=archive.relative(path),
+                    sha256=digest,
+                    fingerprint=digest,
+                    parents=[],
+                    acquisition_time=when,
+                )
+            )
+    return frames
 
 
 def materialize(config, instance, key: dg.AssetKey, partitions=PARTITIONS) -> None:
@@ -255,9 +301,7 @@ def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, c
     from punchpipe_assets.calibration.synthesize import synthesize_calibration
     from punchpipe_assets.config import StrayLightSettings
     from punchpipe_assets.level1.late import Level1LateProcessor
-    from punchpipe_assets.products import catalog_product
     from punchpipe_assets.resources import ArchiveResource
-    from punchpipe_assets.resources.archive import sha256_of
     from punchpipe_assets.sensors.calibration import scan_calibration_landing
 
     config.stray_light = StrayLightSettings(n_crota_bins=1, crota_bin_width=360, stride=40, num_workers=2)
@@ -270,26 +314,7 @@ def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, c
     paths = synthesize_early_frames(
         Path(config.archive_dir), CAMERA, DAY + timedelta(hours=2), 51, timedelta(minutes=8)
     )
-    with catalog.session() as session:
-        frames = []
-        for path in paths:
-            when = datetime.strptime(path.name.split("_")[3], "%Y%m%d%H%M%S")
-            digest = sha256_of(path)
-            frames.append(
-                catalog_product(
-                    session,
-                    None,
-                    code="XR",
-                    obs=CAMERA.obs,
-                    date_obs=when,
-                    file_version="1",
-                    path=archive.relative(path),
-                    sha256=digest,
-                    fingerprint=digest,
-                    parents=[],
-                    acquisition_time=when,
-                )
-            )
+    frames = catalogue_early_frames(catalog, archive, paths)
 
     key, partition = level1_stray_light_key(CAMERA), "2025-08-01"
     started = time.monotonic()
