@@ -228,7 +228,7 @@ def settled_state(
     quiet = {}
     for name in sensors:
         after = [t for t in ticks[name] if t["timestamp"] > last_change and t["status"] != "STARTED"]
-        if not after or any(acted(t) for t in after):
+        if not after:  # (a tick that acted ended before ``last_change``: none is among these)
             return None
         quiet[name] = after[-1]
     return Settled(considered, quiet, last_change)
