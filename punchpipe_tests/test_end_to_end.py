@@ -30,6 +30,17 @@ import yaml
 from punchpipe_assets.cameras import CAMERAS
 from punchpipe_assets.simulate import simulate
 from punchpipe_tests.conftest import SIMULATION_START, create_postgres_database, drop_postgres_database
+from punchpipe_tests.daemon_waits import (
+    AUTOMATION_SENSOR,
+    LANDING_SENSOR,
+    WAITS_SENSOR,
+    Budget,
+    runs,
+    sensor_ticks,
+    wait_for,
+    wait_for_evaluation,
+    wait_until_settled,
+)
 from punchpipe_tests.network import free_port
 
 pytestmark = pytest.mark.e2e
@@ -37,16 +48,17 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PARTITION = "2025-08-01-12:00"
-SENSOR_NAME = "telemetry_landing_sensor"
+SENSOR_NAME = LANDING_SENSOR
 SENSOR_NAME_TAG = "dagster/sensor_name"
 BACKFILL_TAG = "dagster/backfill"
 SIZE = 128
 STARTUP_TIMEOUT = 120.0
-SENSOR_RUNS_TIMEOUT = 360.0
-BACKFILL_TIMEOUT = 600.0
-POLL_SECONDS = 2.0
+SENSOR_RUNS_TIMEOUT = 300.0
+BACKFILL_TIMEOUT = 300.0
+#: Every wait of the Level 0 test after start-up (STARTUP_TIMEOUT): below the 1,200 s pytest timeout.
+LANDING_BUDGET = 600.0
 SENSOR_INTERVAL = 5
-FINISHED_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+SETTLE_SECONDS = 1
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 MATERIALIZATIONS_QUERY = """
@@ -154,27 +166,6 @@ class GraphQL:
         body = response.json()
         assert not body.get("errors"), f"GraphQL errors: {body['errors']}"
         return body["data"]
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, check: Callable[[], None] | None = None) -> Any:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds.
-
-    ``check`` runs before each attempt and should raise if waiting is pointless (a process died).
-    """
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        if check is not None:
-            check()
-        try:
-            result = probe()
-            if result:
-                return result
-        except (requests.RequestException, AssertionError) as error:  # not ready yet
-            last_error = error
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last error: {last_error!r}")
-        time.sleep(POLL_SECONDS)
 
 
 @contextmanager
@@ -324,7 +315,7 @@ def installation(tmp_path: Path, databases: tuple[str, str]) -> dict[str, Any]:
         yaml.safe_dump(
             {
                 "catalog_url": catalog_url,
-                "sensor": {"settle_seconds": 1, "interval_seconds": SENSOR_INTERVAL},
+                "sensor": {"settle_seconds": SETTLE_SECONDS, "interval_seconds": SENSOR_INTERVAL},
                 "level0": {"replay_wait_hours": 0},
             }
         )
@@ -383,15 +374,17 @@ def test_landing_to_level0_through_daemon_and_webserver(installation):
     """Downlinks in, Level 0 out: sensor, daemon, runs, webserver, backfill, all as separate processes."""
     env, home, log_dir = installation["env"], installation["home"], installation["logs"]
     started = time.monotonic()
+    budget = Budget(LANDING_BUDGET)
     with running_dagster(env, log_dir) as (gql, alive):
         print(f"webserver and code location up after {time.monotonic() - started:.1f} s")
         report = simulate(SIMULATION_START, 0.25, installation["tmp"] / "sim", size=SIZE, seed=11)
         telemetry = {path.name for path in report.files}
+        landed_at = time.time()
         land(report.files, home / "landing")
 
-        first = check_sensor_runs(gql, alive, telemetry, home / "archive")
+        first = check_sensor_runs(gql, alive, telemetry, home / "archive", landed_at, budget)
         print(f"sensor runs done after {time.monotonic() - started:.1f} s")
-        check_backfill_is_incremental(gql, alive, first)
+        check_backfill_is_incremental(gql, alive, first, budget)
         print(f"backfill done after {time.monotonic() - started:.1f} s")
 
 
@@ -420,41 +413,39 @@ def sensor_runs(gql: GraphQL) -> list[dict]:
 
 
 def check_sensor_runs(
-    gql: GraphQL, alive: Callable[[], None], telemetry: set[str], archive: Path
+    gql: GraphQL,
+    alive: Callable[[], None],
+    telemetry: set[str],
+    archive: Path,
+    landed_at: float,
+    budget: Budget,
 ) -> dict[str, list[dict]]:
-    """Wait for Level 0 of every camera, launched by the sensor; check metadata, outputs and runs.
+    """Wait for the landing sensor to settle after the landing; check Level 0 metadata, outputs and runs.
 
-    Waits until every camera has a materialization of the partition and the sensor's runs have all
-    finished, with no new run requested for longer than a sensor interval; each output's checksum
-    is compared with its bytes in ``archive``. Returns the materializations of the partition per
-    asset (newest first).
+    Settled: the sensor's Level 0 runs have all finished and the sensor has since completed an
+    evaluation, begun after the files had settled and after the last run ended, that requested
+    nothing. Every camera must then have a materialization of the partition; each output's
+    checksum is compared with its bytes in ``archive``. Returns the materializations of the
+    partition per asset (newest first).
     """
     level0_assets = [f"level0_{camera.slug}" for camera in CAMERAS]
-    quiet_since: dict[str, Any] = {}
-
-    def settled() -> dict[str, list[dict]] | None:
-        found = {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
-        runs = sensor_runs(gql)
-        state = sorted((r["runId"], r["status"]) for r in runs)
-        if not all(found.values()) or not runs or any(r["status"] not in FINISHED_RUN_STATUSES for r in runs):
-            quiet_since.clear()
-            return None
-        if quiet_since.get("state") != state:
-            quiet_since.update(state=state, since=time.monotonic())
-            return None
-        # Finished, and nothing new for longer than the sensor interval: the sensor has gone quiet.
-        if time.monotonic() - quiet_since["since"] < SENSOR_INTERVAL + 3:
-            return None
-        return {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
-
     try:
-        found = wait_for(f"the sensor's Level 0 runs of {PARTITION}", settled, SENSOR_RUNS_TIMEOUT, alive)
+        wait_until_settled(
+            gql,
+            alive,
+            since=landed_at + SETTLE_SECONDS,
+            timeout=budget.cap(SENSOR_RUNS_TIMEOUT),
+            sensors=[SENSOR_NAME],
+            assets=level0_assets,
+        )
     except BaseException:
         print("runs:", runs_summary(gql))
         raise
+    found = {asset: materializations(gql, asset, PARTITION) for asset in level0_assets}
+    assert all(found.values()), {asset: len(events) for asset, events in found.items()}
 
-    runs = sensor_runs(gql)
-    assert all(r["status"] == "SUCCESS" for r in runs), runs
+    launched = sensor_runs(gql)
+    assert launched and all(r["status"] == "SUCCESS" for r in launched), launched
     for camera in CAMERAS:
         asset = f"level0_{camera.slug}"
         tlm_name = f"PUNCH_TLM_{camera.obs}_{SIMULATION_START:%Y%m%d%H%M%S}.tlm"
@@ -491,10 +482,12 @@ def check_sensor_runs(
     return found
 
 
-def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], before: dict[str, list[dict]]) -> None:
+def check_backfill_is_incremental(
+    gql: GraphQL, alive: Callable[[], None], before: dict[str, list[dict]], budget: Budget
+) -> None:
     """Launch a backfill of two cameras as the UI does; check that it completes and rewrites nothing."""
     assets = ["level0_wfi1", "level0_nfi4"]
-    backfill = launch_backfill_and_wait(gql, alive, assets, [PARTITION])
+    backfill = launch_backfill_and_wait(gql, alive, assets, [PARTITION], budget=budget)
     backfill_id = backfill["id"]
     assert backfill["partitionNames"] == [PARTITION]
     backfill_runs = {r["runId"] for r in backfill["runs"]}
@@ -512,7 +505,7 @@ def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], befor
         # Same files, same content: the newest earlier outputs are reported unchanged.
         previous = {(o["path"], o["sha256"]) for o in metadata(earlier[0])["outputs"]}
         assert {(o["path"], o["sha256"]) for o in value["outputs"]} == previous
-        assert all(o["status"] == "unchanged" for o in value["outputs"])
+        assert value["outputs"] and all(o["status"] == "unchanged" for o in value["outputs"]), value
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,7 +514,13 @@ def check_backfill_is_incremental(gql: GraphQL, alive: Callable[[], None], befor
 
 LEVEL1_CAMERA = CAMERAS[1]  # wfi2
 LEVEL1_ASSET = f"level1_early_{LEVEL1_CAMERA.slug}"
-LEVEL1_TIMEOUT = 900.0  # two heavy tests share the two cores (pytest-xdist)
+LEVEL1_TIMEOUT = 600.0
+SETTLE_TIMEOUT = 120.0
+#: Every wait of the Level 1 test after start-up (STARTUP_TIMEOUT): below the 1,200 s pytest timeout.
+LEVEL1_BUDGET = 1000.0
+#: What makes the test camera's frames up to early Level 1, and the sensors that request it.
+MAKING = (f"level0_{LEVEL1_CAMERA.slug}", LEVEL1_ASSET)
+LEVEL1_SENSORS = (LANDING_SENSOR, AUTOMATION_SENSOR, WAITS_SENSOR)
 
 STALE_QUERY = """
 query Stale($assetKey: AssetKeyInput!, $partitions: [String!]) {
@@ -573,7 +572,6 @@ def stale_status(gql: GraphQL, asset: str, partitions: list[str]) -> dict[str, s
     return dict(zip(partitions, node["staleStatusByPartition"], strict=True))
 
 
-@pytest.mark.timeout(2700)
 def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_partition(level1_installation):
     """Check that a replay for a day-old hour flows through Level 0 into Level 1 without a human.
 
@@ -604,6 +602,7 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
     assert report.dropped_packets and replays, "the simulation must leave images incomplete until the replay"
     science = [when for _, when, code in report.images if code != "DK"]
 
+    budget = Budget(LEVEL1_BUDGET)
     with running_dagster(env, log_dir) as (gql, alive):
         # Calibration first (dated three days earlier), installed by the calibration sensor.
         synthesize_calibration(
@@ -614,39 +613,51 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
             cameras=[LEVEL1_CAMERA],
         )
         landing = home / "calibration-landing"
-        wait_for("the calibration sensor to install the delivery", lambda: not any(landing.iterdir()), 120, alive)
+        wait_for(
+            "the calibration sensor to install the delivery", lambda: not any(landing.iterdir()), budget.cap(120), alive
+        )
 
         # Regular downlinks with lost packets: the incomplete images wait for their replay.
+        landed_at = time.time()
         land(regular, home / "landing")
         wait_for(
             "early Level 1 of both hours from the regular downlinks",
             lambda: all(materializations(gql, LEVEL1_ASSET, p) for p in partitions) and catalog_level1(env),
-            LEVEL1_TIMEOUT,
+            budget.cap(LEVEL1_TIMEOUT),
             alive,
         )
+        # Done with the regular downlinks: no Level 0 or early Level 1 of the camera left to request.
+        wait_until_settled(gql, alive, landed_at + SETTLE_SECONDS, budget.cap(SETTLE_TIMEOUT), LEVEL1_SENSORS, MAKING)
         runs_before_replay = {m["runId"] for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)}
         made_before_replay = set(catalog_level1(env))
         assert 0 < len(made_before_replay) < len(science), (len(made_before_replay), len(science))
 
         # The replay of the day-old hours: Level 0 completes the images, automation carries them on.
+        replayed_at = time.time()
         land(replays, home / "landing")
         wait_for(
             "early Level 1 of every replayed image",
             lambda: len(catalog_level1(env)) == len(science),
-            LEVEL1_TIMEOUT,
+            budget.cap(LEVEL1_TIMEOUT),
             alive,
         )
+        # Automation carries the frames on down the chain (late and quick Level 1, Level 2, Q, 3);
+        # what matters here is that no Level 0 or early Level 1 of this camera is left to make.
+        wait_until_settled(gql, alive, replayed_at + SETTLE_SECONDS, budget.cap(SETTLE_TIMEOUT), LEVEL1_SENSORS, MAKING)
         products = catalog_level1(env)
         assert set(products) >= made_before_replay
         assert {p.partition_key for p in products.values()} == set(partitions)
-        level1_runs = {m["runId"] for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)}
-        assert level1_runs - runs_before_replay, level1_runs  # the replay's frames: made by later runs
-        for run_id in level1_runs:  # launched by the daemon's automation, never by a person
-            tags = run(gql, run_id)["tags"]
-            assert tags.get("dagster/priority") == "5", tags
-        # Automation carries the frames on down the chain (late and quick Level 1, Level 2, Q, 3);
-        # what matters here is that no Level 0 or early Level 1 run is still making this camera's frames.
-        wait_for("no Level 0 or Level 1 run in progress", lambda: not level1_runs_in_progress(gql), 300, alive)
+        events = [m for p in partitions for m in materializations(gql, LEVEL1_ASSET, p)]
+        level1_runs = {m["runId"]: run(gql, m["runId"]) for m in events}
+        for info in level1_runs.values():  # launched by the daemon's automation, never by a person
+            assert info["tags"].get("dagster/priority") == "5", info
+        # Every frame the replay completed was written by a run created after the replay landed.
+        replay_runs = {r["runId"] for r in runs(gql, createdAfter=replayed_at) if r["runId"] in level1_runs}
+        assert replay_runs and not replay_runs & runs_before_replay, (replay_runs, runs_before_replay)
+        written_by_replay = {
+            Path(o["path"]).name for m in events if m["runId"] in replay_runs for o in metadata(m)["outputs"]
+        }
+        assert set(products) - made_before_replay <= written_by_replay, set(products) - made_before_replay
         assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
 
         # A new vignetting version (GM v2) dated at the start of the second hour.
@@ -654,6 +665,7 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
         later_xm = {n for n, p in products.items() if p.file_type == "XM" and p.partition_key == partitions[1]}
         assert later_xm
         staging = tmp / "calibration-v2"
+        delivered_at = time.time()
         for path in synthesize_calibration(
             staging,
             hour + timedelta(hours=1),
@@ -668,19 +680,25 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
         wait_for(
             "the second hour to become stale",
             lambda: stale_status(gql, LEVEL1_ASSET, partitions) == expected,
-            120,
+            budget.cap(120),
             alive,
         )
         made_before = {m["runId"] for m in materializations(gql, LEVEL1_ASSET, partitions[1])}
-        time.sleep(2 * SENSOR_INTERVAL)  # automation ignores calibration: still stale, nothing ran for it
+        # Automation ignores calibration: an evaluation begun once the new version was stored (and so
+        # the hour stale) completed, and no evaluation since the delivery requested the camera's early
+        # Level 1; it is still stale.
+        wait_for_evaluation(gql, alive, AUTOMATION_SENSOR, time.time(), budget.cap(120))
+        evaluations = sensor_ticks(gql, delivered_at)[AUTOMATION_SENSOR]
+        requested = {a for t in evaluations for a in t["requested"]}
+        assert LEVEL1_ASSET not in requested, requested
+        assert not [r for r in runs(gql, createdAfter=delivered_at) if LEVEL1_ASSET in r["assets"]]
         assert stale_status(gql, LEVEL1_ASSET, partitions) == expected
-        assert not level1_runs_in_progress(gql)
         assert {m["runId"] for m in materializations(gql, LEVEL1_ASSET, partitions[1])} == made_before
 
         # An operator's reprocessing marked urgent in the backfill dialog's tags: without the tag it
         # runs behind the automation runs still carrying the chain on (backfills have priority 0).
         backfill = launch_backfill_and_wait(
-            gql, alive, [LEVEL1_ASSET], [partitions[1]], tags={"dagster/priority": "10"}
+            gql, alive, [LEVEL1_ASSET], [partitions[1]], tags={"dagster/priority": "10"}, budget=budget
         )
         new = [
             m
@@ -696,25 +714,13 @@ def test_late_replay_reaches_level1_and_calibration_backfill_remakes_only_stale_
         assert stale_status(gql, LEVEL1_ASSET, partitions) == dict.fromkeys(partitions, "FRESH")
 
 
-def runs_in_progress(gql: GraphQL) -> list[dict]:
-    """List the runs queued or running."""
-    result = gql(RUNS_QUERY, filter={"statuses": ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]})["runsOrError"]
-    assert result["__typename"] == "Runs", result
-    return result["results"]
-
-
-def level1_runs_in_progress(gql: GraphQL) -> list[dict]:
-    """List the queued or running runs that make Level 0 or early Level 1 of the test's camera."""
-    making = {f"level0_{LEVEL1_CAMERA.slug}", LEVEL1_ASSET}
-    return [r for r in runs_in_progress(gql) if making & {"/".join(a["path"]) for a in r["assetSelection"] or []}]
-
-
 def launch_backfill_and_wait(
     gql: GraphQL,
     alive: Callable[[], None],
     assets: list[str],
     partitions: list[str],
     tags: dict[str, str] | None = None,
+    budget: Budget | None = None,
 ) -> dict:
     """Launch a backfill as the UI does (with the dialog's tags) and wait until it completes successfully."""
     params: dict = {"partitionNames": partitions, "assetSelection": [{"path": [a]} for a in assets]}
@@ -731,7 +737,8 @@ def launch_backfill_and_wait(
         return backfill if backfill["status"] in terminal else None
 
     try:
-        backfill = wait_for(f"backfill {backfill_id}", finished, BACKFILL_TIMEOUT, alive)
+        timeout = budget.cap(BACKFILL_TIMEOUT) if budget is not None else BACKFILL_TIMEOUT
+        backfill = wait_for(f"backfill {backfill_id}", finished, timeout, alive)
     except BaseException:
         print("runs:", runs_summary(gql))
         raise
