@@ -90,7 +90,10 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
         )
         pipeline_fcorona = session.scalar(
             select(func.count(ProductFile.id)).where(
-                ProductFile.level == "3", ProductFile.file_type.in_(("PF", "CF")), ProductFile.state == "created"
+                ProductFile.level == "3",
+                ProductFile.file_type.in_(("PF", "CF")),
+                ProductFile.observatory != "N",  # the WFI models (CFN is NFI's)
+                ProductFile.state == "created",
             )
         )
         nfi_clear = session.scalar(
