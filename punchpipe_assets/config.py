@@ -222,12 +222,24 @@ class FCoronaSettings(GridWindowSettings):
     )
 
 
+class NfiFCoronaSettings(FCoronaSettings):
+    """NFI F-corona models ``CFN`` from the Level 2 ``CNN`` (one every 8 minutes, 180 a day) on their own grid.
+
+    As ``level3.fcorona``; an NFI frame (2048 x 2048 float32, 16 MB) is a twelfth of a WFI
+    polarized one, so up to 90 a side (a stack near 3 GB, within the large-memory pool's budget).
+    """
+
+    min_inputs_per_half: int = Field(20, ge=1, description="Fewest CNN on each side of the grid time.")
+    max_inputs_per_half: int = Field(90, ge=1, description="Most CNN on each side (a seeded choice above).")
+
+
 class Level3Settings(BaseModel):
     """Level 3: F-corona and starfield models, PIM/CIM, PTM/CTM, low-noise PAM/CAM, velocity VAM."""
 
     model_config = ConfigDict(extra="forbid")
 
     fcorona: FCoronaSettings = Field(default_factory=FCoronaSettings)
+    fcorona_nfi: NfiFCoronaSettings = Field(default_factory=NfiFCoronaSettings)
     starfield: StarfieldSettings = Field(default_factory=StarfieldSettings)
     low_noise: LowNoiseSettings = Field(default_factory=LowNoiseSettings)
     velocity: VelocitySettings = Field(default_factory=VelocitySettings)

@@ -90,7 +90,10 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
         )
         pipeline_fcorona = session.scalar(
             select(func.count(ProductFile.id)).where(
-                ProductFile.level == "3", ProductFile.file_type.in_(("PF", "CF")), ProductFile.state == "created"
+                ProductFile.level == "3",
+                ProductFile.file_type.in_(("PF", "CF")),
+                ProductFile.observatory != "N",  # the WFI models (CFN is NFI's)
+                ProductFile.state == "created",
             )
         )
         nfi_clear = session.scalar(
@@ -146,7 +149,8 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
         lines.append(
             f"NFI PCA background (CNN, AR4, SR4): a {pca.batch_hours} h batch window needs at least {pca.min_frames} "
             f"clear NFI frames with its context (one every 8 minutes: {pca.min_frames * 8 / 60:g} h of NFI data; "
-            f"punchbowl's PCA fits 100 components); there are {nfi_clear} XR4 frames. Not built yet: NFI "
-            "F-corona models (CFN), Level 3 NFI, QuickPUNCH QNN"
+            f"punchbowl's PCA fits 100 components); there are {nfi_clear} XR4 frames. The NFI F-corona models (CFN) "
+            f"need at least {config.level3.fcorona_nfi.min_inputs_per_half} CNN a side. Not built yet: Level 3 NFI, "
+            "QuickPUNCH QNN"
         )
     return lines

@@ -3,7 +3,9 @@
 - ``construct_f_corona_model`` always builds its models in the flight trefoil frame (4096x4096,
   ``load_trefoil_wcs`` imported into its module), so inputs in a reduced frame (punchbowl's own
   tests' ``trefoil_wcs[::8, ::8]``) fail to broadcast. ``f_corona_in_frame`` gives it the frame of
-  the inputs for the duration of one call. Upstream should take the frame as a parameter.
+  the inputs for the duration of one call. Upstream should take the frame as a parameter. For
+  NFI (``CNN`` inputs) it takes 2048x2048 (with the trefoil's WCS): ``f_corona_in_nfi_frame``
+  gives a call on reduced-size ``CNN`` the frame (WCS and shape) of its first input.
 - punchbowl's writer dithers the uncertainty layer with a clock-seeded stream:
   ``resources.archive.write_ndcube_deterministically``.
 - ``construct_f_corona_model`` loads its inputs in a ``forkserver`` pool, whose children import
@@ -35,11 +37,36 @@ def f_corona_in_frame(downsample: int) -> Iterator[None]:
     if downsample == 1:
         yield
         return
-    import punchbowl.level3.f_corona_model as f_corona_model
-
     from punchpipe_assets.calibration.bootstrap import reduced_trefoil
 
-    wcs, shape = reduced_trefoil(downsample)
+    with _f_corona_frame(*reduced_trefoil(downsample)):
+        yield
+
+
+@contextmanager
+def f_corona_in_nfi_frame(first_input: str) -> Iterator[None]:
+    """While in the block, punchbowl's F-corona model builder works in the frame of a ``CNN`` (its WCS and shape).
+
+    For a flight-size ``CNN`` (2048 x 2048) nothing changes: punchbowl's own NFI frame stands.
+    """
+    from astropy.io import fits
+    from punchbowl.data.punch_io import load_ndcube_from_fits
+
+    with fits.open(first_input) as hdus:
+        shape = (hdus[1].header["NAXIS2"], hdus[1].header["NAXIS1"])
+    if shape == (2048, 2048):
+        yield
+        return
+    wcs = load_ndcube_from_fits(first_input, include_provenance=False).wcs
+    wcs.array_shape = shape
+    with _f_corona_frame(wcs, shape):
+        yield
+
+
+@contextmanager
+def _f_corona_frame(wcs, shape: tuple[int, int]) -> Iterator[None]:
+    import punchbowl.level3.f_corona_model as f_corona_model
+
     with _PATCH_LOCK:
         original = f_corona_model.load_trefoil_wcs
         f_corona_model.load_trefoil_wcs = lambda is_nfi=False: (wcs.deepcopy(), shape)

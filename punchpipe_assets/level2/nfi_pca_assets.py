@@ -7,7 +7,9 @@ window depends on the early Level 1 hours of NFI it and its context reach (built
 ``nfi_pca.select_batches``; each ready batch is one punchbowl ``level2_pca_core_flow`` call
 (arguments as the control segment's ``level2_PCA`` flow: files to filter, context files, the NFI
 mask, loaders, workers, reference date = mean DATE-OBS of the frames filtered). Every ``CNN``
-records its frame and the batch's context frames as parents, ``AR4``/``SR4`` every frame of the call.
+records its frame and the batch's context frames as parents, ``AR4``/``SR4`` every frame of the call;
+a ``CNN`` is an outlier in the catalog when its frame is or PCA's ``OUTLIER`` says so (the NFI F-corona
+models leave outliers out).
 """
 
 import traceback
@@ -187,6 +189,8 @@ class PcaBatchProcessor:
                 level=level,
             )
             row.flags = "; ".join(batch.flags) or None
+            if frame is not None:  # as the control segment: the frame's flag, or the one PCA set (what CFN leaves out)
+                row.outlier = bool(frame.outlier) or bool(cube.meta["OUTLIER"].value)
             outcomes.append(
                 ModelOutcome(
                     date_obs, code, obs, "made", flags=batch.flags, path=row.path, sha256=sha256, inputs=inputs

@@ -1,10 +1,10 @@
-"""Level 3 assets: F-corona models ``level3_fcorona_{polarized,clear}_wfi{n}`` and ``level3_pim``/``level3_cim``.
+"""Level 3 assets: F-corona models ``level3_fcorona_{polarized,clear}_wfi{n}``, ``level3_fcorona_clear_nfi4``, PIM/CIM.
 
 Each at the grain that fits it, with Dagster's built-in ``TimeWindowPartitionMapping`` windows: the
 model of grid time ``t`` (a partition of the model grid, every ``level3.fcorona.spacing_hours``)
-depends on the camera's Level 2 layer hours of the window around ``t``; an hour's ``PIM``/``CIM``
-on the layers of that hour and the models of the grid points around it (the pair bracketing each
-group is among them). Models run in the large-memory pool.
+depends on the camera's Level 2 layer hours (NFI: the ``CNN`` batch windows) of the window around
+``t``; an hour's ``PIM``/``CIM`` on the layers of that hour and the models of the grid points around
+it (the pair bracketing each group is among them). Models run in the large-memory pool.
 """
 
 from collections.abc import Iterator, Sequence
@@ -18,7 +18,14 @@ from punchpipe_assets.cameras import Camera
 from punchpipe_assets.config import PipelineConfig
 from punchpipe_assets.grid_models import ModelOutcome
 from punchpipe_assets.level2.assets import WFI_CAMERAS, level2_layers_key
-from punchpipe_assets.level3.fcorona import LAYER_CODES, LEVEL3_FCORONA_CODE_VERSION, MODEL_CODES, FCoronaBuilder
+from punchpipe_assets.level2.nfi_pca_assets import LEVEL2_CNN, NFI
+from punchpipe_assets.level3.fcorona import (
+    LAYER_CODES,
+    LEVEL3_FCORONA_CODE_VERSION,
+    MODEL_CODES,
+    FCoronaBuilder,
+    NfiFCoronaBuilder,
+)
 from punchpipe_assets.level3.model_assets import build_model_grid_asset
 from punchpipe_assets.level3.subtraction import (
     LEVEL3_PIM_CIM_CODE_VERSION,
@@ -83,6 +90,28 @@ def build_fcorona_asset(
     )
 
 
+def build_nfi_fcorona_asset(config: PipelineConfig, lookback: timedelta = AUTOMATION_LOOKBACK) -> dg.AssetsDefinition:
+    """Build ``level3_fcorona_clear_nfi4``: NFI ``CFN`` models from Level 2 ``CNN`` on ``level3.fcorona_nfi``'s grid."""
+    settings = config.level3.fcorona_nfi
+    return build_model_grid_asset(
+        key=fcorona_key(NFI, "clear"),
+        settings=settings,
+        source=LEVEL2_CNN,
+        code_version=LEVEL3_FCORONA_CODE_VERSION,
+        description=f"Level 3 NFI F-corona models (CFN), one every {settings.spacing_hours} h from midnight, from "
+        f"the Level 2 CNN of the {settings.half_window_hours:g} h before and after, at least "
+        f"{settings.min_inputs_per_half} a side (at most {settings.max_inputs_per_half}, a seeded choice), by "
+        "punchbowl's construct_f_corona_model; too few: refused with the reason (catalog model_refusals) and tried "
+        "again when more CNN arrive.",
+        observatory="N",
+        build=lambda session, archive, config, run_id, reference_time, partition_key: NfiFCoronaBuilder(
+            session, archive, config, run_id
+        ).build(reference_time, partition_key),
+        max_partitions_per_run=4,
+        lookback=lookback,
+    )
+
+
 def build_subtracted_asset(
     config: PipelineConfig, key: dg.AssetKey, lookback: timedelta = AUTOMATION_LOOKBACK
 ) -> dg.AssetsDefinition:
@@ -136,7 +165,7 @@ def build_subtracted_asset(
 def build_level3_assets(config: PipelineConfig, lookback: timedelta = AUTOMATION_LOOKBACK) -> list[dg.AssetsDefinition]:
     """Build the Level 3 assets of an installation.
 
-    Six F-corona model assets, ``level3_pim`` and ``level3_cim``, two starfield model assets,
+    Six WFI F-corona model assets and the NFI one, ``level3_pim`` and ``level3_cim``, two starfield model assets,
     ``level3_ptm`` and ``level3_ctm``, ``level3_pam`` and ``level3_cam``, ``level3_vam``.
     """
     from punchpipe_assets.level3.average_assets import build_low_noise_asset, build_velocity_asset
@@ -144,6 +173,7 @@ def build_level3_assets(config: PipelineConfig, lookback: timedelta = AUTOMATION
 
     return [
         *[build_fcorona_asset(config, c, p, lookback) for c in WFI_CAMERAS for p in POLARIZATIONS],
+        build_nfi_fcorona_asset(config, lookback),
         *[build_subtracted_asset(config, key, lookback) for key in (LEVEL3_PIM, LEVEL3_CIM)],
         *[build_starfield_asset(config, p, lookback) for p in POLARIZATIONS],
         *[build_background_asset(config, p, lookback) for p in POLARIZATIONS],

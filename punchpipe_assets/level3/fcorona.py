@@ -8,18 +8,22 @@ Level 2 layers (``XP{n}`` for the polarized ``PF{n}``, ``XR{n}`` for the clear `
 same inputs give the same model). Too few on either side: refused with the reason (recorded in
 the catalog's ``model_refusals``), tried again when more layers arrive. The control segment in
 service asks for strictly more than its minimum and reads its stride from another flow's section.
+
+The NFI ``CFN`` (``NfiFCoronaBuilder``, settings ``level3.fcorona_nfi``) is made the same way from
+the Level 2 ``CNN`` of the NFI PCA background, as the control segment's ``nfi`` models are.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from punchpipe_assets.cameras import Camera
+from punchpipe_assets.cameras import CAMERA_BY_OBS, Camera
 from punchpipe_assets.config import FCoronaSettings, PipelineConfig, StarfieldSettings
-from punchpipe_assets.fixes import f_corona_in_frame, preload_f_corona_in_forkserver
+from punchpipe_assets.fixes import f_corona_in_frame, f_corona_in_nfi_frame, preload_f_corona_in_forkserver
 from punchpipe_assets.grid_models import GridModelBuilder, ModelOutcome, choose_inputs
 from punchpipe_assets.resources.archive import ArchiveResource
 from punchpipe_assets.resources.catalog import ModelRefusal, ProductFile, utcnow
@@ -80,12 +84,14 @@ def choose_window_inputs(
     return chosen, None
 
 
-def run_f_corona_model(paths: list[str], reference_time: datetime, polarized: bool, downsample: int, workers: int):
-    """One call of punchbowl's ``construct_f_corona_model`` on Level 2 layers (in the configured trefoil frame)."""
+def run_f_corona_model(
+    paths: list[str], reference_time: datetime, polarized: bool, frame: AbstractContextManager, workers: int
+):
+    """One call of punchbowl's ``construct_f_corona_model`` on Level 2 layers, in ``frame`` (a ``fixes`` block)."""
     from punchbowl.level3.f_corona_model import construct_f_corona_model
 
     preload_f_corona_in_forkserver()
-    with f_corona_in_frame(downsample):
+    with frame:
         [cube] = construct_f_corona_model(
             list(paths),  # punchbowl sorts the list in place
             reference_time=reference_time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -112,6 +118,7 @@ class FCoronaBuilder(GridModelBuilder):
 
     level = "3"
     code_version = LEVEL3_FCORONA_CODE_VERSION
+    noun = "layers"  # what the inputs are called in a refusal
 
     def __init__(
         self,
@@ -125,6 +132,7 @@ class FCoronaBuilder(GridModelBuilder):
         super().__init__(session, archive, config, run_id)
         self.camera, self.polarization = camera, polarization
         self.code, self.obs = MODEL_CODES[polarization], camera.obs
+        self.layer_code, self.layer_obs = LAYER_CODES[polarization], camera.obs
         self.settings = config.level3.fcorona
 
     @property
@@ -134,20 +142,23 @@ class FCoronaBuilder(GridModelBuilder):
 
     def candidates(self, reference_time: datetime) -> list[ProductFile]:
         """Return the camera's layers of the window around the grid time."""
-        code = LAYER_CODES[self.polarization]
         return layers_between(
-            self.session, self.obs, code, reference_time - self.half_window, reference_time + self.half_window
+            self.session,
+            self.layer_obs,
+            self.layer_code,
+            reference_time - self.half_window,
+            reference_time + self.half_window,
         )
 
     def choose(self, candidates: list[ProductFile], reference_time: datetime) -> tuple[list[ProductFile], str | None]:
         """At least ``min_inputs_per_half`` on each side of the grid time, at most ``max_inputs_per_half`` (seeded)."""
         before = [p for p in candidates if p.date_obs < reference_time]
         after = [p for p in candidates if p.date_obs >= reference_time]
-        inputs, refusal = choose_window_inputs(before, after, self.settings, reference_time)
+        inputs, refusal = choose_window_inputs(before, after, self.settings, reference_time, self.noun)
         if refusal is not None:
             refusal = (
                 f"{self.code}{self.obs} {reference_time:%Y-%m-%dT%H:%M}: {refusal} "
-                f"({LAYER_CODES[self.polarization]}{self.obs} within {self.settings.half_window_hours:g} h)"
+                f"({self.layer_code}{self.layer_obs} within {self.settings.half_window_hours:g} h)"
             )
         return inputs, refusal
 
@@ -159,12 +170,12 @@ class FCoronaBuilder(GridModelBuilder):
         """Run punchbowl's F-corona builder."""
         paths = [str(self.archive.absolute(p.path)) for p in inputs]
         return run_f_corona_model(
-            paths,
-            reference_time,
-            self.polarization == "polarized",
-            self.config.level2.trefoil_downsample,
-            self.settings.num_workers,
+            paths, reference_time, self.polarization == "polarized", self.frame(paths), self.settings.num_workers
         )
+
+    def frame(self, paths: list[str]) -> AbstractContextManager:
+        """Return the frame punchbowl builds the model in: the configured trefoil."""
+        return f_corona_in_frame(self.config.level2.trefoil_downsample)
 
     def build(self, reference_time: datetime, partition_key: str | None = None) -> ModelOutcome:
         """Make or confirm the model of one grid time, or refuse it; the catalog's ``model_refusals`` follows."""
@@ -204,6 +215,34 @@ class FCoronaBuilder(GridModelBuilder):
             f"{outcome.reason}; impossible: its window ended more than {self.settings.impossible_after_hours:g} h "
             "ago, no more inputs can come (consumers take the nearest models)"
         )
+
+
+class NfiFCoronaBuilder(FCoronaBuilder):
+    """Builds the NFI ``CFN`` of one grid time from the Level 2 ``CNN`` around it (settings ``level3.fcorona_nfi``).
+
+    Parameters
+    ----------
+    session, archive, config, run_id
+        As ``GridModelBuilder``.
+
+    """
+
+    noun = "CNN"
+
+    def __init__(
+        self, session: Session, archive: ArchiveResource, config: PipelineConfig, run_id: str | None = None
+    ) -> None:
+        super().__init__(session, archive, config, CAMERA_BY_OBS["4"], "clear", run_id)
+        self.obs, self.layer_code, self.layer_obs = "N", "CN", "N"
+        self.settings = config.level3.fcorona_nfi
+
+    def settings_fingerprint(self) -> object:
+        """Return the settings a model depends on (not the worker count)."""
+        return self.settings.model_dump(exclude={"num_workers"})
+
+    def frame(self, paths: list[str]) -> AbstractContextManager:
+        """Return the frame punchbowl builds the model in: the ``CNN``'s (punchbowl's 2048 x 2048 at flight size)."""
+        return f_corona_in_nfi_frame(paths[0])
 
 
 def record_model_outcome(
