@@ -59,6 +59,9 @@ def build_waits_sensor(interval_seconds: int = 30, priority: int = 5) -> dg.Sens
         "are made from what exists, flagged, without a human.",
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        # Any asset may wait; each request names one asset's execution set (one partitions definition)
+        # and runs in the implicit asset job, as the landing sensor's do.
+        asset_selection=dg.AssetSelection.all(),
     )
     def waits_expired_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResource) -> dg.SensorResult:
         """Request the partitions whose wait is over."""

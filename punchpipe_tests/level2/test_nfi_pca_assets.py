@@ -2,6 +2,7 @@
 
 from datetime import datetime, timedelta
 
+import dagster as dg
 import pytest
 from sqlalchemy import select
 
@@ -66,6 +67,12 @@ def test_a_batch_short_of_context_waits_is_requested_whole_when_the_wait_is_over
         [request] = expired_wait_requests(session, repository, 5)
     # The multi-asset cannot be subset: the request names all three products of the window.
     assert request.partition_key == PARTITION and set(request.asset_selection) == set(PCA_KEYS)
+    # The sensor itself, evaluated as the daemon does (its requests resolved against its target).
+    sensor = repository.get_sensor_def("waits_expired_sensor")
+    context = dg.build_sensor_context(instance=instance, repository_def=repository, resources={"catalog": catalog})
+    [resolved] = sensor.evaluate_tick(context).run_requests
+    assert resolved.partition_key == PARTITION and set(resolved.asset_selection) == set(PCA_KEYS)
+    assert resolved.job_name == repository.get_implicit_job_def_for_assets(PCA_KEYS).name
 
     # Past its wait the batch is judged on what exists: 135 frames are too few for punchbowl's PCA.
     config.level2.nfi_pca = NfiPcaSettings(wait_hours=6)
