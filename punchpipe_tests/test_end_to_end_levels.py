@@ -57,6 +57,8 @@ def mosaic_settings() -> dict:
         "calibration_image_size": SIZE,
         "level2": {"trefoil_downsample": 8},
         "levelq": {"qam_wait_hours": 0.0},
+        # Incomplete 32-minute bins wait longer than the test runs: no wait expires halfway on one side only.
+        "level3": {"low_noise": {"wait_hours": 24.0}},
         "automation": {"interval_seconds": 5},
     }
 
