@@ -69,10 +69,15 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
     now = now or utcnow()
     lines = []
     with CatalogResource(url=config.catalog_url).session() as session:
-        for wait in session.scalars(select(Wait).order_by(Wait.asset_key, Wait.partition_key)):
+        by_asset: dict[str, list[Wait]] = {}
+        for wait in session.scalars(select(Wait).order_by(Wait.asset_key, Wait.until)):
+            by_asset.setdefault(wait.asset_key, []).append(wait)
+        for asset_key, waits in by_asset.items():
+            first = waits[0]
+            what = f"{asset_key} {first.partition_key}" if len(waits) == 1 else f"{asset_key}: {len(waits)} partitions"
             lines.append(
-                f"{wait.asset_key} {wait.partition_key}: waits until {wait.until:%Y-%m-%dT%H:%M} "
-                f"for more inputs ({wait.reason})"
+                f"{what} wait{'s' if len(waits) == 1 else ''} for more inputs, the first until "
+                f"{first.until:%Y-%m-%dT%H:%M} ({first.partition_key}: {first.reason})"
             )
         counts = dict(
             session.execute(
