@@ -290,6 +290,7 @@ class PeakMemory:
 
 
 @pytest.mark.science
+@pytest.mark.timeout(2400)  # 51+ flight-size frames into estimate_stray_light: past 1,200 s on a loaded machine
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_full_size_stray_light_model_from_early_frames_and_late_level1(config, catalog, instance, tmp_path):
     """The real estimate_stray_light at 2048 on the fewest frames it accepts (51 over more than 6 hours).
