@@ -79,46 +79,30 @@ def needs_more_data(config: PipelineConfig, now: datetime | None = None) -> list
                 f"{what} wait{'s' if len(waits) == 1 else ''} for more inputs, the first until "
                 f"{first.until:%Y-%m-%dT%H:%M} ({first.partition_key}: {first.reason})"
             )
-        counts = dict(
-            session.execute(
-                select(ProductFile.file_type, func.count(ProductFile.id))
-                .where(
-                    ProductFile.level == "1", ProductFile.file_type.in_(("XR", "XM")), ProductFile.state == "created"
-                )
-                .group_by(ProductFile.file_type)
-            ).all()
-        )
-        pipeline_cfm = session.scalar(
-            select(func.count(ProductFile.id)).where(
-                ProductFile.level == "Q", ProductFile.file_type == "CF", ProductFile.state == "created"
+        # One round trip: the pipeline's products by level, code and observatory.
+        made = {
+            (level, code, obs): n
+            for level, code, obs, n in session.execute(
+                select(ProductFile.level, ProductFile.file_type, ProductFile.observatory, func.count(ProductFile.id))
+                .where(ProductFile.state == "created")
+                .group_by(ProductFile.level, ProductFile.file_type, ProductFile.observatory)
             )
+        }
+
+    def count(level: str, codes: tuple[str, ...], observatories: str | None = None) -> int:
+        """Products of a level and codes (of some observatories only, when given)."""
+        return sum(
+            n
+            for (lv, code, obs), n in made.items()
+            if lv == level and code in codes and (observatories is None or obs in observatories)
         )
-        pipeline_fcorona = session.scalar(
-            select(func.count(ProductFile.id)).where(
-                ProductFile.level == "3",
-                ProductFile.file_type.in_(("PF", "CF")),
-                ProductFile.observatory != "N",  # the WFI models (CFN is NFI's)
-                ProductFile.state == "created",
-            )
-        )
-        nfi_clear = session.scalar(
-            select(func.count(ProductFile.id)).where(
-                ProductFile.level == "1",
-                ProductFile.file_type == "XR",
-                ProductFile.observatory == "4",
-                ProductFile.state == "created",
-            )
-        )
-        pipeline_cnn = session.scalar(
-            select(func.count(ProductFile.id)).where(
-                ProductFile.level == "2", ProductFile.file_type == "CN", ProductFile.state == "created"
-            )
-        )
-        pipeline_starfield = session.scalar(
-            select(func.count(ProductFile.id)).where(
-                ProductFile.level == "3", ProductFile.file_type.in_(("PS", "CS")), ProductFile.state == "created"
-            )
-        )
+
+    counts = {code: count("1", (code,)) for code in ("XR", "XM")}
+    pipeline_cfm = count("Q", ("CF",))
+    pipeline_fcorona = count("3", ("PF", "CF"), "123")  # the WFI models (CFN is NFI's)
+    nfi_clear = count("1", ("XR",), "4")
+    pipeline_cnn = count("2", ("CN",))
+    pipeline_starfield = count("3", ("PS", "CS"))
     stray = config.stray_light
     lines.append(
         f"stray-light models (S?): built once a day at 12:00 from {stray.window_days:g} day of early frames; "

@@ -138,6 +138,7 @@ class SubtractedMosaicProcessor:
         self.layer_codes = tuple(layer_codes or self.product_codes)
         self.file_version = config.level0.file_version
         self._models: dict[tuple[str, str], ModelPairs] = {}
+        self._impossible: dict[tuple[str, str], set[datetime]] = {}
 
     def models(self, code: str, obs: str) -> ModelPairs:
         """Return the catalogued models of a code and camera (the pipeline's and bootstrap ones), read once."""
@@ -154,18 +155,23 @@ class SubtractedMosaicProcessor:
         pair = select_bracketing_models(self.models(model_code, obs), when)
         if pair:
             return pair, None
-        impossible = set(
-            self.session.scalars(
-                select(ModelRefusal.reference_time).where(
-                    ModelRefusal.level == self.level,
-                    ModelRefusal.product_code == model_code,
-                    ModelRefusal.observatory == obs,
-                    ModelRefusal.status == "impossible",
+        spacing = getattr(self.config.level3, self.model_settings).spacing_hours
+        return select_nearest_models(self.models(model_code, obs), when, self.impossible(model_code, obs), spacing)
+
+    def impossible(self, code: str, obs: str) -> set[datetime]:
+        """Return the grid times of a code and camera whose model is impossible, read once."""
+        if (code, obs) not in self._impossible:
+            self._impossible[(code, obs)] = set(
+                self.session.scalars(
+                    select(ModelRefusal.reference_time).where(
+                        ModelRefusal.level == self.level,
+                        ModelRefusal.product_code == code,
+                        ModelRefusal.observatory == obs,
+                        ModelRefusal.status == "impossible",
+                    )
                 )
             )
-        )
-        spacing = getattr(self.config.level3, self.model_settings).spacing_hours
-        return select_nearest_models(self.models(model_code, obs), when, impossible, spacing)
+        return self._impossible[(code, obs)]
 
     def groups(self, start: datetime, end: datetime) -> dict[tuple[str, datetime], list[ProductFile]]:
         """Return the layers of every group whose slot ends in ``[start, end)``, by layer code and slot start."""
